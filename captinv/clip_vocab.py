@@ -82,5 +82,5 @@ def clip_tokenizer(directory: Path, *, pad_token: str = "<|endoftext|>"):
 
     write_clip_tokenizer_files(directory)
     return CLIPTokenizer(
-        str(directory / "vocab.json"), str(directory / "merges.txt"), pad_token=pad_token
+        str(directory / "vocab.json"), str(directory / "merges.txt"), pad_token=pad_token, model_max_length=77
     )

@@ -1,0 +1,119 @@
+"""Where the starting words come from: a caption, a class label, or the user.
+
+Each source loads its model on first use and releases it right after, so a
+captioner never sits in memory beside the diffusion model during training.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from PIL import Image
+
+from captinv.config import InvertConfig
+from captinv.errors import CaptionError, ModelLoadError
+
+log = logging.getLogger(__name__)
+
+
+class InitSource(Protocol):
+    def describe(self, images: list[Image.Image]) -> str:
+        """Init text for the images (the first image's, when there are several)."""
+
+
+def _release(*objects: object) -> None:
+    del objects
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _load(loader: Callable[[], object], model_id: str, what: str) -> object:
+    try:
+        return loader()
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(
+            f"Could not load the {what} {model_id!r} ({err}). Give a local folder or a model id that is "
+            "downloaded or reachable."
+        ) from err
+
+
+@dataclass
+class BlipCaptioner:
+    """BLIP image captioning through transformers (the paper's captioner)."""
+
+    model_id: str
+    beams: int = 3
+    max_new_tokens: int = 30
+    device: str = "cpu"
+
+    @torch.no_grad()
+    def describe(self, images: list[Image.Image]) -> str:
+        from transformers import BlipForConditionalGeneration, BlipProcessor
+
+        processor = _load(lambda: BlipProcessor.from_pretrained(self.model_id), self.model_id, "captioner")
+        model = _load(
+            lambda: BlipForConditionalGeneration.from_pretrained(self.model_id), self.model_id, "captioner"
+        )
+        try:
+            model.to(self.device).eval()
+            inputs = processor(images=images[0], return_tensors="pt").to(self.device)
+            output = model.generate(**inputs, num_beams=self.beams, max_new_tokens=self.max_new_tokens)
+            caption = processor.decode(output[0], skip_special_tokens=True).strip()
+        finally:
+            _release(model)
+        if not caption:
+            raise CaptionError("The captioner returned an empty caption; type the init text instead.")
+        return caption
+
+
+@dataclass
+class ImageClassifier:
+    """The top label of an image classifier (the paper's classification-initialisation variant)."""
+
+    model_id: str
+    device: str = "cpu"
+
+    @torch.no_grad()
+    def describe(self, images: list[Image.Image]) -> str:
+        from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+        processor = _load(
+            lambda: AutoImageProcessor.from_pretrained(self.model_id), self.model_id, "classifier"
+        )
+        model = _load(
+            lambda: AutoModelForImageClassification.from_pretrained(self.model_id),
+            self.model_id,
+            "classifier",
+        )
+        try:
+            model.to(self.device).eval()
+            logits = model(**processor(images=images[0], return_tensors="pt").to(self.device)).logits
+            label = model.config.id2label[int(logits[0].argmax())]
+        finally:
+            _release(model)
+        # ImageNet labels list synonyms ("tabby, tabby cat"); the first is the common name.
+        return label.split(",")[0].replace("_", " ").strip()
+
+
+@dataclass
+class PlainText:
+    text: str
+
+    def describe(self, images: list[Image.Image]) -> str:
+        if not self.text.strip():
+            raise CaptionError("The init text is empty: type a word (or '*' for classic textual inversion).")
+        return self.text.strip()
+
+
+def init_source(config: InvertConfig, device: str = "cpu") -> InitSource:
+    if config.text:
+        return PlainText(config.text)
+    if config.init == "classify":
+        return ImageClassifier(config.classifier, device)
+    return BlipCaptioner(config.captioner, config.caption_beams, config.caption_max_tokens, device)

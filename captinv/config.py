@@ -1,0 +1,112 @@
+"""One validated description of an inversion run.
+
+The CLI flags, the WebUI tab's controls and the API's request fields are all
+derived from `InvertConfig`'s fields and their metadata, so a new option is
+added here once and appears everywhere with the same default and help text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from captinv.errors import ConfigError
+
+InitMode = Literal["caption", "classify", "text"]
+TemplateSet = Literal["object", "style", "none"]
+Schedule = Literal["constant", "linear", "cosine"]
+
+DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-large"
+DEFAULT_CLASSIFIER = "google/vit-base-patch16-224"
+# The CLIP text encoders take 77 positions: BOS, EOS and 75 for the prompt.
+MAX_VECTORS = 75
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class InvertConfig:
+    """Options of one inversion. Defaults follow the captioning-initialisation paper."""
+
+    init: InitMode = _opt(
+        "caption",
+        "Where the starting words come from: BLIP caption, a classifier's label, or --text.",
+        choices=("caption", "classify", "text"),
+    )
+    text: str | None = _opt(
+        None,
+        "Init text. With --init text it is required (use one word, or '*', for classic textual "
+        "inversion); with caption/classify it replaces the generated text.",
+    )
+    name: str | None = _opt(None, "Base name of the new embeddings (default: the first image's file name).")
+    steps: int = _opt(
+        100, "Optimisation steps. ~100 with caption init; classic TI needs thousands.", minimum=1
+    )
+    learning_rate: float = _opt(0.005, "AdamW learning rate of the new vectors.", minimum=0.0)
+    lr_schedule: Schedule = _opt(
+        "constant", "Learning-rate schedule after warm-up.", choices=("constant", "linear", "cosine")
+    )
+    warmup_steps: int = _opt(0, "Linear learning-rate warm-up steps.", minimum=0)
+    batch_size: int = _opt(
+        4, "Noise draws (timestep, noise, prompt) of the image(s) per step, in one model call.", minimum=1
+    )
+    templates: TemplateSet = _opt(
+        "object",
+        "Prompt templates around the pseudo-words: object ('a photo of a {}'), style, or none.",
+        choices=("object", "style", "none"),
+    )
+    vectors_per_word: int | None = _opt(
+        None, "Vectors per word (default: one per BPE token of the word).", minimum=1
+    )
+    train_function_words: bool = _opt(
+        True,
+        "Train function words (a, the, on, ...) too, as the paper does. When off they stay plain words.",
+    )
+    init_l2: float = _opt(0.0, "Weight of an L2 pull of each vector toward its initial value.", minimum=0.0)
+    resolution: int | None = _opt(None, "Training resolution in pixels (default: the model's).", minimum=64)
+    flip: bool = _opt(True, "Also train on the horizontally flipped image.")
+    random_crops: int = _opt(0, "Extra random square crops per image, encoded once.", minimum=0)
+    max_grad_norm: float | None = _opt(
+        1.0, "Clip the vectors' gradient norm (none: no clipping).", minimum=0.0
+    )
+    seed: int = _opt(0, "Random seed; a run is reproducible for the same seed, model and device.")
+    mixed_precision: bool = _opt(
+        True, "On a GPU, run the frozen model in half precision (vectors stay fp32)."
+    )
+    gradient_checkpointing: bool = _opt(
+        False, "Recompute activations in backward: less memory, ~30% slower. For small GPUs."
+    )
+    overwrite: bool = _opt(False, "Replace existing embeddings of the same names.")
+    captioner: str = _opt(DEFAULT_CAPTIONER, "BLIP model id or local path for --init caption.")
+    classifier: str = _opt(DEFAULT_CLASSIFIER, "Image-classification model id or path for --init classify.")
+    caption_beams: int = _opt(3, "Beam width of caption decoding.", minimum=1)
+    caption_max_tokens: int = _opt(30, "Longest caption, in generated tokens.", minimum=1)
+
+    def __post_init__(self) -> None:
+        for spec in dataclasses.fields(self):
+            value = getattr(self, spec.name)
+            choices = spec.metadata.get("choices")
+            if choices and value not in choices:
+                raise ConfigError(f"{spec.name} must be one of {', '.join(choices)}; got {value!r}.")
+            minimum = spec.metadata.get("minimum")
+            if minimum is not None and value is not None and value < minimum:
+                raise ConfigError(f"{spec.name} must be at least {minimum}; got {value!r}.")
+        if self.init == "text" and not (self.text or "").strip():
+            raise ConfigError("--init text needs the init text (for classic textual inversion use '*').")
+        if self.warmup_steps >= self.steps and self.warmup_steps:
+            raise ConfigError("warmup_steps must be smaller than steps.")
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any]) -> InvertConfig:
+        """Build from a request/UI dict, refusing unknown keys instead of ignoring them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"Unknown option(s): {', '.join(unknown)}.")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,131 @@
+"""Tiny, seeded, random-weight instances of the real model classes.
+
+In the spirit of diffusers' `get_dummy_components`: the same UNet, VAE and CLIP
+classes as Stable Diffusion 1.x (ε), 2.x (v-prediction, 1024-wide text) and
+SDXL (two text encoders, pooled vector, time ids), only small. The tokenizer is
+the real CLIP BPE from open_clip's bundled vocabulary, so token ids and
+tokenisation are exactly those of the released models.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+from captinv.clip_vocab import clip_tokenizer
+
+VOCAB = 49408
+BOS, EOS = 49406, 49407
+
+
+def _text_config(width: int, heads: int, **extra) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        vocab_size=VOCAB,
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_attention_heads=heads,
+        num_hidden_layers=2,
+        max_position_embeddings=77,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        pad_token_id=extra.pop("pad_token_id", EOS),
+        **extra,
+    )
+
+
+def _vae() -> AutoencoderKL:
+    return AutoencoderKL(
+        block_out_channels=(8, 16),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=32,
+    )
+
+
+def _scheduler(prediction: str) -> DDIMScheduler:
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type=prediction,
+    )
+
+
+def sd_pipeline(tmp: Path, *, width: int = 32, prediction: str = "epsilon") -> StableDiffusionPipeline:
+    """SD1-like (width 32, ε) or SD2-like (width 1024, v) pipeline."""
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=width,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+    heads = 16 if width >= 1024 else 4
+    pad = {"pad_token_id": 0} if width >= 1024 else {}
+    tokenizer = clip_tokenizer(tmp / f"tokenizer-{width}", pad_token="!" if pad else "<|endoftext|>")
+    return StableDiffusionPipeline(
+        vae=_vae(),
+        text_encoder=CLIPTextModel(_text_config(width, heads, **pad)).eval(),
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=_scheduler(prediction),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def sdxl_pipeline(tmp: Path) -> StableDiffusionXLPipeline:
+    """SDXL-like: CLIP-L-like 32 wide + bigG-like 48 wide with projection; text_time conditioning."""
+    torch.manual_seed(0)
+    width_l, width_g, time_dim = 32, 48, 8
+    unet = UNet2DConditionModel(
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=6 * time_dim + width_g,
+        cross_attention_dim=width_l + width_g,
+        norm_num_groups=8,
+    )
+    return StableDiffusionXLPipeline(
+        vae=_vae(),
+        text_encoder=CLIPTextModel(_text_config(width_l, 4)).eval(),
+        text_encoder_2=CLIPTextModelWithProjection(
+            _text_config(width_g, 4, pad_token_id=0, projection_dim=width_g)
+        ).eval(),
+        tokenizer=clip_tokenizer(tmp / "tokenizer-l"),
+        tokenizer_2=clip_tokenizer(tmp / "tokenizer-g", pad_token="!"),
+        unet=unet,
+        scheduler=_scheduler("epsilon"),
+    )
