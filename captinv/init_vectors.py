@@ -63,8 +63,11 @@ _WORD = re.compile(r"\w+(?:[-'’]\w+)*")
 
 
 def split_words(text: str) -> list[str]:
-    """Words of the init text; punctuation between words is dropped."""
-    return _WORD.findall(text)
+    """Words of the init text; punctuation between words is dropped.
+
+    A text of symbols only (classic textual inversion's `*`) is kept as it is.
+    """
+    return _WORD.findall(text) or text.split()
 
 
 @dataclass

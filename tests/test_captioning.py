@@ -1,0 +1,84 @@
+"""Init sources with tiny real BLIP and ViT classifiers saved to and loaded from disk."""
+
+import pytest
+import torch
+from transformers import (
+    BertTokenizerFast,
+    BlipConfig,
+    BlipForConditionalGeneration,
+    BlipImageProcessor,
+    BlipProcessor,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTImageProcessor,
+)
+
+from captinv.captioning import BlipCaptioner, ImageClassifier, PlainText, init_source
+from captinv.config import InvertConfig
+from captinv.errors import CaptionError, ModelLoadError
+
+WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "cat", "on", "sofa"]
+
+
+def _blip(tmp_path, favourite: str):
+    """A tiny BLIP whose language head strongly prefers one token, so decoding is predictable."""
+    (tmp_path / "vocab.txt").write_text("\n".join(WORDS))
+    tokenizer = BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
+    processor = BlipProcessor(BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer)
+    small = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 2, "num_hidden_layers": 1}
+    config = BlipConfig(
+        text_config=small
+        | {"vocab_size": len(WORDS), "bos_token_id": 2, "sep_token_id": 3, "pad_token_id": 0},
+        vision_config=small | {"image_size": 32, "patch_size": 8},
+    )
+    torch.manual_seed(0)
+    model = BlipForConditionalGeneration(config)
+    with torch.no_grad():
+        model.text_decoder.cls.predictions.bias.zero_()
+        model.text_decoder.cls.predictions.bias[WORDS.index(favourite)] = 1e4
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    return str(tmp_path)
+
+
+def test_blip_caption_is_decoded_without_special_tokens(tmp_path, chelsea):
+    path = _blip(tmp_path, "cat")
+    captioner = BlipCaptioner(path, beams=2, max_new_tokens=4)
+    assert captioner.describe([chelsea]) == "cat cat cat cat"
+
+
+def test_blip_empty_caption_asks_for_text(tmp_path, chelsea):
+    with pytest.raises(CaptionError, match="type the init text"):
+        BlipCaptioner(_blip(tmp_path, "[SEP]"), max_new_tokens=4).describe([chelsea])
+
+
+def test_classifier_uses_the_first_synonym_of_the_top_label(tmp_path, chelsea):
+    config = ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=37,
+        id2label={0: "golden retriever", 1: "tabby, tabby_cat", 2: "coffee mug"},
+    )
+    model = ViTForImageClassification(config)
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.tensor([0.0, 1e4, 0.0]))
+    model.save_pretrained(tmp_path)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path)
+    assert ImageClassifier(str(tmp_path)).describe([chelsea]) == "tabby"
+
+
+def test_missing_model_is_a_clear_error(tmp_path, chelsea, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="Could not load the captioner"):
+        BlipCaptioner(str(tmp_path / "nowhere")).describe([chelsea])
+
+
+def test_source_selection():
+    assert isinstance(init_source(InvertConfig()), BlipCaptioner)
+    assert isinstance(init_source(InvertConfig(init="classify")), ImageClassifier)
+    # an edited caption wins over any model
+    assert init_source(InvertConfig(init="caption", text="my cat")).describe([]) == "my cat"
+    assert isinstance(init_source(InvertConfig(init="text", text="*")), PlainText)

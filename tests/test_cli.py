@@ -1,0 +1,69 @@
+"""The CLI as a user runs it: a subprocess on a tiny model saved to disk."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests import factories
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args, cwd):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "captinv", *args], cwd=cwd, env=env, capture_output=True, text=True
+    )
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-sd1")
+    factories.sd_pipeline(path / "tok").save_pretrained(path / "pipe")
+    return path / "pipe"
+
+
+def test_invert_then_inspect(saved_model, chelsea, tmp_path):
+    chelsea.save(tmp_path / "Chelsea Cat.png")
+    done = _run(
+        "invert",
+        "Chelsea Cat.png",
+        "--model",
+        str(saved_model),
+        "--init",
+        "text",
+        "--text",
+        "a tabby cat",
+        "--steps",
+        "3",
+        "--out",
+        "emb",
+        "--sample",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    written = sorted(p.name for p in (tmp_path / "emb").iterdir())
+    assert written == [
+        "chelsea-cat-all.preview.png",
+        "chelsea-cat-all.safetensors",
+        "chelsea-cat-w01-a.safetensors",
+        "chelsea-cat-w02-tabby.safetensors",
+        "chelsea-cat-w03-cat.safetensors",
+    ]
+    shown = _run("inspect", "emb/chelsea-cat-all.safetensors", cwd=tmp_path)
+    assert shown.returncode == 0
+    assert "chelsea-cat-all: 3 vector(s)" in shown.stdout and "emb_params: [3, 32]" in shown.stdout
+    assert "caption = a tabby cat" in shown.stdout
+
+
+def test_errors_are_one_line_and_exit_2(saved_model, tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    bad_image = _run(
+        "invert", "bad.png", "--model", str(saved_model), "--init", "text", "--text", "x", cwd=tmp_path
+    )
+    assert bad_image.returncode == 2
+    assert bad_image.stderr.strip().count("\n") == 0 and "Could not read the image" in bad_image.stderr
+    bad_option = _run("invert", "bad.png", "--model", "m", "--steps", "0", cwd=tmp_path)
+    assert bad_option.returncode == 2 and "steps must be at least 1" in bad_option.stderr

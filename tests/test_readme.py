@@ -1,0 +1,21 @@
+"""The README's options table and test command are what the code and CI really use."""
+
+import dataclasses
+from pathlib import Path
+
+from captinv.config import InvertConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_readme_documents_every_option_with_its_default():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for spec in dataclasses.fields(InvertConfig):
+        assert f"| `--{spec.name.replace('_', '-')}` | `{spec.default}` |" in readme, spec.name
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    command = "python -m pytest -q"
+    assert command in readme and ci.strip().splitlines()[-1] == command
