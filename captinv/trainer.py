@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from captinv.backends.base import ModelBackend, Vectors, frozen_parameters
+from captinv.backends.base import ModelBackend, Vectors
 from captinv.config import InvertConfig
 from captinv.errors import TrainingDivergedError
 from captinv.init_vectors import WordPlan
@@ -193,10 +193,7 @@ class Trainer:
         callbacks = callbacks or Callbacks()
         result = TrainResult(embeddings={})
         total = self.config.steps
-        with (
-            frozen_parameters(self.backend.frozen_modules()),
-            self.backend.gradient_checkpointing(self.config.gradient_checkpointing),
-        ):
+        with self.backend.training(self.config.gradient_checkpointing):
             start = time.perf_counter()
             for step in range(1, total + 1):
                 if callbacks.should_stop and callbacks.should_stop():

@@ -100,6 +100,12 @@ class ModelBackend(ABC):
         """Recompute activations in backward while inside; a no-op unless overridden."""
         yield
 
+    @contextmanager
+    def training(self, gradient_checkpointing: bool) -> Iterator[None]:
+        """Everything a run changes on the host model, undone on exit however the run ends."""
+        with frozen_parameters(self.frozen_modules()), self.gradient_checkpointing(gradient_checkpointing):
+            yield
+
     def existing_names(self) -> set[str]:
         """Embedding names the host already knows (beyond files in the output folder)."""
         return set()

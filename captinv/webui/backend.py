@@ -1,0 +1,177 @@
+"""The core's model interface over the WebUI's already-loaded `shared.sd_model`.
+
+Training goes through the WebUI's own text-conditioning path: the pseudo-words
+are `Embedding` objects registered in the hijack's embedding database while a
+run lasts, and the hijacked token embedding splices them in exactly as it will
+in txt2img. Everything a run changes (parameter flags, registered names,
+SDXL embedders' `is_trainable`, gradient checkpointing) is restored on exit,
+whether the run finished, was interrupted or failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+
+import torch
+from modules import devices, prompt_parser, sd_hijack, shared
+from modules.textual_inversion.textual_inversion import Embedding
+
+from captinv.backends.base import (
+    Conditioning,
+    EncoderSpec,
+    ModelBackend,
+    NoiseSchedule,
+    Vectors,
+    frozen_parameters,
+)
+from captinv.errors import UnsupportedModelError
+
+
+def check_supported() -> None:
+    """Refuse, with a message, the set-ups this backend cannot train against."""
+    hijack = sd_hijack.model_hijack
+    if not hasattr(hijack, "embedding_db"):
+        raise UnsupportedModelError(
+            "This looks like WebUI Forge, whose text engine has no shared embedding database. "
+            "captinv does not support Forge yet; use AUTOMATIC1111's WebUI or the captinv CLI."
+        )
+    if getattr(shared.cmd_opts, "lowvram", False):
+        raise UnsupportedModelError(
+            "Training is not possible with --lowvram; restart with --medvram or without it."
+        )
+    model = shared.sd_model
+    if model is None:
+        raise UnsupportedModelError("No Stable Diffusion model is loaded; pick a checkpoint first.")
+    if getattr(model, "is_sd3", False) or not (model.is_sd1 or model.is_sd2 or model.is_sdxl):
+        raise UnsupportedModelError("Only Stable Diffusion 1.x, 2.x and SDXL checkpoints are supported.")
+    if getattr(model, "is_sdxl", False) and len(getattr(model.conditioner, "embedders", [])) < 2:
+        raise UnsupportedModelError("The SDXL refiner has no CLIP-L encoder; load an SDXL base model.")
+
+
+def _token_tables(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """(key, token-embedding weight) of each hijacked text encoder, in file-key order."""
+    tables = {
+        module.textual_inversion_key: module.wrapped.weight
+        for module in model.modules()
+        if isinstance(module, sd_hijack.EmbeddingsWithFixes)
+    }
+    if model.is_sdxl:
+        return [("clip_l", tables["clip_l"]), ("clip_g", tables["clip_g"])]
+    return [("emb_params", next(iter(tables.values())))]
+
+
+class WebUIBackend(ModelBackend):
+    def __init__(self) -> None:
+        check_supported()
+        self.model = shared.sd_model
+        self.family = "sdxl" if self.model.is_sdxl else "sd2" if self.model.is_sd2 else "sd1"
+        info = getattr(self.model, "sd_checkpoint_info", None)
+        self.model_name = (
+            getattr(info, "name_for_extra", None) or getattr(info, "model_name", "") or "webui-model"
+        )
+        self._tables = _token_tables(self.model)
+        self.encoders = tuple(EncoderSpec(key, table.shape[1]) for key, table in self._tables)
+        alphas = getattr(self.model, "alphas_cumprod_original", None)
+        alphas = self.model.alphas_cumprod if alphas is None else alphas
+        parameterization = "v" if getattr(self.model, "parameterization", "eps") == "v" else "eps"
+        self.schedule = NoiseSchedule(alphas.detach().to("cpu", torch.float32).clone(), parameterization)
+        self.device = devices.device
+        self.dtype = devices.dtype_unet
+        native = {"sdxl": 1024, "sd2": 768 if parameterization == "v" else 512, "sd1": 512}
+        self.default_resolution = native[self.family]
+        self.db = sd_hijack.model_hijack.embedding_db
+        self._registered: dict[str, Embedding] = {}
+        self._resolution = self.default_resolution
+
+    # -- ModelBackend --------------------------------------------------------------
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self.model.cond_stage_model.tokenize([text])[0])
+
+    def token_rows(self, token_ids: list[int]) -> Vectors:
+        index = torch.tensor(token_ids, dtype=torch.long)
+        return {
+            key: table.detach()[index.to(table.device)].float().cpu().clone() for key, table in self._tables
+        }
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        self._resolution = pixels.shape[-1]
+        # ldm's encoding samples from the posterior with the global RNG: fork it so a run is reproducible
+        # and the WebUI's own random state is left alone.
+        with (
+            torch.random.fork_rng(devices=[] if self.device.type == "cpu" else [self.device]),
+            devices.autocast(),
+        ):
+            torch.manual_seed(0)
+            chunks = [
+                self.model.get_first_stage_encoding(
+                    self.model.encode_first_stage(chunk.to(devices.device, devices.dtype_vae))
+                ).float()
+                for chunk in pixels.split(4)
+            ]
+        return torch.cat(chunks)
+
+    def conditioning(self, prompts: list[str], embeddings: Mapping[str, Vectors]) -> Conditioning:
+        for name, vectors in embeddings.items():
+            self._register(name, vectors)
+        with devices.autocast():
+            if self.model.is_sdxl:
+                batch = prompt_parser.SdConditioning(prompts, width=self._resolution, height=self._resolution)
+                return self.model.get_learned_conditioning(batch)
+            return self.model.cond_stage_model(prompts)
+
+    def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        return self.model.apply_model(noisy, timesteps, cond)
+
+    def frozen_modules(self) -> Iterable[torch.nn.Module]:
+        return [self.model]
+
+    def existing_names(self) -> set[str]:
+        return set(self.db.word_embeddings) | set(self.db.skipped_embeddings)
+
+    @contextmanager
+    def training(self, gradient_checkpointing: bool) -> Iterator[None]:
+        with ExitStack() as stack:
+            stack.enter_context(frozen_parameters(self.frozen_modules()))
+            stack.callback(self._unregister_all)
+            if self.model.is_sdxl:
+                stack.enter_context(self._sdxl_text_gradients())
+            if gradient_checkpointing:
+                from modules import sd_hijack_checkpoint
+
+                sd_hijack_checkpoint.add()
+                stack.callback(sd_hijack_checkpoint.remove)
+            yield
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _register(self, name: str, vectors: Vectors) -> None:
+        vec = vectors["emb_params"] if "emb_params" in vectors else dict(vectors)
+        embedding = self._registered.get(name)
+        if embedding is None:
+            embedding = Embedding(vec, name)
+            embedding.vectors = next(iter(vectors.values())).shape[0]
+            embedding.shape = sum(v.shape[1] for v in vectors.values())
+            self.db.register_embedding_by_name(embedding, self.model, name)
+            self._registered[name] = embedding
+        embedding.vec = vec
+
+    def _unregister_all(self) -> None:
+        for name in self._registered:
+            self.db.register_embedding_by_name(None, self.model, name)
+        self._registered.clear()
+
+    @contextmanager
+    def _sdxl_text_gradients(self) -> Iterator[None]:
+        """sgm runs non-trainable embedders under no_grad; mark the text encoders trainable while inside."""
+        embedders = [e for e in self.model.conditioner.embedders if hasattr(e, "encode_embedding_init_text")]
+        flags = [e.is_trainable for e in embedders]
+        for embedder in embedders:
+            embedder.is_trainable = True
+        try:
+            yield
+        finally:
+            for embedder, flag in zip(embedders, flags):
+                embedder.is_trainable = flag

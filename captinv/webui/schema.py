@@ -1,0 +1,88 @@
+"""Request and response models of the HTTP API, derived from `InvertConfig`.
+
+Works with pydantic 1 (the WebUI's fastapi 0.94) and 2. The API never takes a
+path: images come as base64, model ids for captioners come from the WebUI's
+settings, and names are sanitised by the core.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import typing
+from typing import Any, Optional
+
+from pydantic import BaseModel, Field, create_model
+
+from captinv.config import InvertConfig
+from captinv.errors import ImageError
+
+# Options a request may not set: server-side model locations (settings decide them).
+SERVER_ONLY = ("captioner", "classifier", "text")
+SOURCES = ("caption", "webui-blip", "classify", "text")
+
+
+def _optional_fields() -> dict[str, Any]:
+    hints = typing.get_type_hints(InvertConfig)
+    fields: dict[str, Any] = {}
+    for spec in dataclasses.fields(InvertConfig):
+        if spec.name in SERVER_ONLY:
+            continue
+        base = next((t for t in typing.get_args(hints[spec.name]) if t is not type(None)), hints[spec.name])
+        if typing.get_origin(base) is typing.Literal:
+            base = str
+        fields[spec.name] = (Optional[base], Field(None, description=spec.metadata["help"]))  # noqa: UP045
+    return fields
+
+
+class CaptionRequest(BaseModel):
+    image: str = Field(..., description="The photo, base64-encoded (a data: URL prefix is accepted).")
+    source: str = Field("caption", description=f"One of {', '.join(SOURCES)}.")
+
+
+class CaptionResponse(BaseModel):
+    caption: str
+
+
+InvertRequest = create_model(
+    "InvertRequest",
+    image=(str, Field(..., description="The photo, base64-encoded (a data: URL prefix is accepted).")),
+    caption=(Optional[str], Field(None, description="Init text; generated from the image when absent.")),  # noqa: UP045
+    source=(str, Field("caption", description=f"Where a missing caption comes from: {', '.join(SOURCES)}.")),
+    **_optional_fields(),
+)
+
+
+class InvertResponse(BaseModel):
+    combined_name: str
+    word_names: list[str]
+    names: list[str]
+    caption: str
+    sentence: str
+    files: list[str]
+    losses: list[float]
+    steps: int
+    seconds: float
+
+
+def decode_image(data: str) -> bytes:
+    """Base64 (optionally a data: URL) -> bytes, or an `ImageError` that says what is wrong."""
+    if not data:
+        raise ImageError("No image given: send the photo base64-encoded in 'image'.")
+    payload = data.split(",", 1)[1] if data.startswith("data:") else data
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise ImageError(f"'image' is not valid base64 ({err}).") from err
+
+
+def config_values(request: BaseModel) -> dict[str, Any]:
+    """The request's config options that were actually given."""
+    data = (
+        request.dict()
+        if hasattr(request, "dict") and not hasattr(request, "model_dump")
+        else request.model_dump()
+    )
+    known = {f.name for f in dataclasses.fields(InvertConfig)}
+    return {key: value for key, value in data.items() if key in known and value is not None}

@@ -1,0 +1,150 @@
+"""One captioning or inversion job inside the WebUI, shared by the tab and the API.
+
+The caller holds the WebUI's queue lock (the tab through `wrap_gradio_gpu_call`,
+the API itself). Progress and interrupt go through `shared.state`; results are
+registered at once so the very next txt2img prompt can use them.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+from modules import devices, processing, sd_hijack, shared
+from PIL import Image
+
+from captinv import names
+from captinv.captioning import init_source
+from captinv.config import InvertConfig
+from captinv.errors import CaptionError
+from captinv.images import load_image
+from captinv.inversion import InvertResult, invert
+from captinv.trainer import Callbacks, Progress
+from captinv.webui.backend import WebUIBackend, check_supported
+from captinv.webui.settings import opt
+
+log = logging.getLogger(__name__)
+
+
+class WebUIBlip:
+    """The WebUI's own BLIP (models/BLIP), without its CLIP ranking and without touching `shared.state`."""
+
+    def describe(self, images: list[Image.Image]) -> str:
+        interrogator = shared.interrogator
+        if interrogator.blip_model is None:
+            interrogator.blip_model = interrogator.load_blip_model()
+        model = interrogator.blip_model.to(devices.device_interrogate)
+        interrogator.dtype = next(model.parameters()).dtype
+        try:
+            caption = interrogator.generate_caption(images[0])
+        finally:
+            interrogator.send_blip_to_ram()
+            devices.torch_gc()
+        if not caption.strip():
+            raise CaptionError("The WebUI's BLIP returned an empty caption; type the init text instead.")
+        return caption.strip()
+
+
+def _config(values: dict[str, Any], source: str, text: str | None) -> InvertConfig:
+    init = source if source in ("caption", "classify", "text") else "caption"
+    return InvertConfig.from_mapping(
+        {
+            "captioner": opt("captinv_blip_model"),
+            "classifier": opt("captinv_classifier_model"),
+            "steps": int(opt("captinv_default_steps")),
+            "learning_rate": float(opt("captinv_default_learning_rate")),
+        }
+        | values
+        | {"init": init, "text": text or None}
+    )
+
+
+def caption(image: Any, source: str) -> str:
+    images = [load_image(image)]
+    if source == "webui-blip":
+        return WebUIBlip().describe(images)
+    return init_source(_config({}, source, None), str(devices.device_interrogate)).describe(images)
+
+
+def embeddings_dir() -> Path:
+    return Path(shared.cmd_opts.embeddings_dir)
+
+
+def _state_callbacks(total: int) -> Callbacks:
+    shared.state.job_count = total
+    shared.state.job = "captinv"
+
+    def progress(update: Progress) -> None:
+        shared.state.job_no = update.step
+        shared.state.textinfo = f"captinv: step {update.step}/{update.total}, loss {update.loss:.4f}"
+
+    return Callbacks(progress=progress, should_stop=lambda: bool(shared.state.interrupted))
+
+
+def refresh_embeddings() -> None:
+    """Reload the database and forget cached conditioning, so an identical prompt is re-encoded."""
+    sd_hijack.model_hijack.embedding_db.load_textual_inversion_embeddings(force_reload=True)
+    processing.StableDiffusionProcessing.cached_c = [None, None]
+    processing.StableDiffusionProcessing.cached_uc = [None, None]
+
+
+def _preview(result: InvertResult, seed: int, resolution: int) -> Image.Image | None:
+    p = processing.StableDiffusionProcessingTxt2Img(
+        sd_model=shared.sd_model,
+        prompt=f"a photo of {result.combined_name}",
+        steps=opt("captinv_preview_steps"),
+        width=resolution,
+        height=resolution,
+        seed=seed,
+        cfg_scale=7.0,
+        do_not_save_samples=True,
+        do_not_save_grid=True,
+    )
+    try:
+        return processing.process_images(p).images[0]
+    except Exception:  # a failed preview must not lose a finished inversion
+        log.exception("captinv: preview failed")
+        return None
+    finally:
+        p.close()
+
+
+def _write_card(path: Path, image: Image.Image) -> None:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_bytes(buffer.getvalue())
+    temp.replace(path)
+
+
+def _write_cards(result: InvertResult, photo: Image.Image, preview: Image.Image | None) -> None:
+    folder = result.files[0].parent
+    for name in [result.combined_name, *result.word_names]:
+        _write_card(
+            folder / f"{name}.preview.png", preview if preview and name == result.combined_name else photo
+        )
+        (folder / f"{name}.description.txt").write_text(f"captinv: {result.sentence}\n", encoding="utf-8")
+
+
+def run_inversion(
+    image: Any, text: str | None, name: str | None, values: dict[str, Any], source: str = "caption"
+) -> tuple[InvertResult, Image.Image | None]:
+    check_supported()
+    photo = load_image(image)
+    if not (text or "").strip():
+        text = caption(photo, source)
+    config = _config(values, source, text)
+    backend = WebUIBackend()
+    base = names.base_name(name) if (name or "").strip() else "captinv"
+    result = invert(
+        backend, [photo], text, config, embeddings_dir(), base=base, callbacks=_state_callbacks(config.steps)
+    )
+    refresh_embeddings()
+    preview = None
+    if opt("captinv_preview"):
+        preview = _preview(result, config.seed, config.resolution or backend.default_resolution)
+    if opt("captinv_card_files"):
+        _write_cards(result, photo, preview)
+    return result, preview
