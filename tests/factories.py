@@ -67,20 +67,20 @@ def _scheduler(prediction: str) -> DDIMScheduler:
     )
 
 
+def _unet(**arch) -> UNet2DConditionModel:
+    """A two-level UNet on 16x16 latents; `arch` sets the family's block types and conditioning."""
+    common = {"block_out_channels": (16, 32), "layers_per_block": 1, "sample_size": 16, "in_channels": 4}
+    return UNet2DConditionModel(out_channels=4, norm_num_groups=8, **common, **arch)
+
+
 def sd_pipeline(tmp: Path, *, width: int = 32, prediction: str = "epsilon") -> StableDiffusionPipeline:
     """SD1-like (width 32, ε) or SD2-like (width 1024, v) pipeline."""
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
+    unet = _unet(
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=width,
         attention_head_dim=8,
-        norm_num_groups=8,
     )
     heads = 16 if width >= 1024 else 4
     pad = {"pad_token_id": 0} if width >= 1024 else {}
@@ -101,12 +101,7 @@ def sdxl_pipeline(tmp: Path) -> StableDiffusionXLPipeline:
     """SDXL-like: CLIP-L-like 32 wide + bigG-like 48 wide with projection; text_time conditioning."""
     torch.manual_seed(0)
     width_l, width_g, time_dim = 32, 48, 8
-    unet = UNet2DConditionModel(
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
+    unet = _unet(
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=(2, 4),
@@ -116,7 +111,6 @@ def sdxl_pipeline(tmp: Path) -> StableDiffusionXLPipeline:
         transformer_layers_per_block=(1, 2),
         projection_class_embeddings_input_dim=6 * time_dim + width_g,
         cross_attention_dim=width_l + width_g,
-        norm_num_groups=8,
     )
     return StableDiffusionXLPipeline(
         vae=_vae(),
