@@ -96,6 +96,8 @@ class DiffusersBackend(ModelBackend):
         self.schedule = NoiseSchedule(
             train_schedule.alphas_cumprod.to(torch.float32).clone(), "eps" if prediction == "epsilon" else "v"
         )
+        self._placeholder = self._encoders[0].tokenizer.convert_tokens_to_ids("*</w>")
+        self._plans: dict[tuple, tuple[list[int], list[tuple[int, str]]]] = {}
         self.vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
         self.default_resolution = int(self.unet.config.sample_size) * self.vae_scale
         for module in self.frozen_modules():
@@ -157,11 +159,10 @@ class DiffusersBackend(ModelBackend):
         return (torch.cat(chunks) - shift) * vae.config.scaling_factor
 
     def conditioning(self, prompts: list[str], embeddings: Mapping[str, Vectors]) -> Conditioning:
-        pattern = _name_pattern(embeddings)
         lookup = {name.lower(): vectors for name, vectors in embeddings.items()}
         hidden, pooled = [], None
         for enc in self._encoders:
-            ids, batch, position, rows = self._layout(enc, prompts, pattern, lookup)
+            ids, batch, position, rows = self._layout(enc, prompts, lookup)
             with _spliced(enc.model.get_input_embeddings(), batch, position, rows):
                 output = enc.model(ids, output_hidden_states=enc.penultimate)
             hidden.append(output.hidden_states[-2] if enc.penultimate else output.last_hidden_state)
@@ -199,34 +200,52 @@ class DiffusersBackend(ModelBackend):
 
     # -- helpers -------------------------------------------------------------------
 
+    def _prompt_plan(
+        self, enc: _TextEncoder, prompt: str, counts: tuple[tuple[str, int], ...]
+    ) -> tuple[list[int], list[tuple[int, str]]]:
+        """Token ids of one prompt and (first position, name) of each embedding in it.
+
+        Depends only on the text and the embeddings' vector counts, so it is computed once per
+        template and reused every step: tokenizing is pure overhead of a training step.
+        """
+        key = (enc.key, prompt, counts)
+        if key in self._plans:
+            return self._plans[key]
+        tokenizer, room = enc.tokenizer, enc.length - 2
+        lengths = dict(counts)
+        pattern = _name_pattern(lengths)
+        ids: list[int] = []
+        slots: list[tuple[int, str]] = []
+        for i, piece in enumerate(pattern.split(prompt) if pattern else [prompt]):
+            if i % 2 == 0:
+                ids += tokenizer(piece, add_special_tokens=False).input_ids if piece.strip() else []
+                continue
+            count = lengths[piece.lower()]
+            if len(ids) + count > room:
+                break  # an embedding that does not fit is dropped whole, as in the WebUI
+            slots.append((len(ids) + 1, piece.lower()))
+            ids += [self._placeholder] * count
+        ids = [tokenizer.bos_token_id, *ids[:room], tokenizer.eos_token_id]
+        plan = (ids + [tokenizer.pad_token_id] * (enc.length - len(ids)), slots)
+        if len(self._plans) > 4096:
+            self._plans.clear()
+        self._plans[key] = plan
+        return plan
+
     def _layout(
-        self,
-        enc: _TextEncoder,
-        prompts: list[str],
-        pattern: re.Pattern[str] | None,
-        lookup: Mapping[str, Vectors],
+        self, enc: _TextEncoder, prompts: list[str], lookup: Mapping[str, Vectors]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Token ids for each prompt and where each embedding's rows go."""
-        tokenizer = enc.tokenizer
-        room = enc.length - 2
-        placeholder = tokenizer.convert_tokens_to_ids("*</w>")
+        counts = tuple(sorted((name, vectors[enc.key].shape[0]) for name, vectors in lookup.items()))
         all_ids, batch, position, rows = [], [], [], []
         for b, prompt in enumerate(prompts):
-            ids: list[int] = []
-            pieces = pattern.split(prompt) if pattern else [prompt]
-            for i, piece in enumerate(pieces):
-                if i % 2 == 0:
-                    ids += tokenizer(piece, add_special_tokens=False).input_ids if piece.strip() else []
-                    continue
-                vectors = lookup[piece.lower()][enc.key]
-                if len(ids) + vectors.shape[0] > room:
-                    break  # an embedding that does not fit is dropped whole, as in the WebUI
+            ids, slots = self._prompt_plan(enc, prompt, counts)
+            all_ids.append(ids)
+            for start, name in slots:
+                vectors = lookup[name][enc.key]
                 batch += [b] * vectors.shape[0]
-                position += range(len(ids) + 1, len(ids) + 1 + vectors.shape[0])
+                position += range(start, start + vectors.shape[0])
                 rows.append(vectors)
-                ids += [placeholder] * vectors.shape[0]
-            ids = [tokenizer.bos_token_id, *ids[:room], tokenizer.eos_token_id]
-            all_ids.append(ids + [tokenizer.pad_token_id] * (enc.length - len(ids)))
         width = enc.model.get_input_embeddings().weight.shape[1]
         stacked = torch.cat(rows).to(self.device) if rows else torch.zeros(0, width, device=self.device)
         as_long = {"dtype": torch.long, "device": self.device}
