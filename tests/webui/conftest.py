@@ -27,12 +27,6 @@ ROOT = Path(__file__).resolve().parents[2]
 WEBUI = os.environ.get("CAPTINV_WEBUI_DIR")
 START_TIMEOUT = 600
 
-if not WEBUI:
-    pytest.skip(
-        "CAPTINV_WEBUI_DIR is not set: these tests need a real WebUI checkout (see tests/webui/conftest.py)",
-        allow_module_level=True,
-    )
-
 
 @dataclass
 class Server:
@@ -61,6 +55,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def sd1_server(tmp_path_factory):
+    if not WEBUI:
+        pytest.skip("CAPTINV_WEBUI_DIR is not set: these tests need a real WebUI checkout (see tests/webui/conftest.py)")
     webui = Path(WEBUI)
     python = os.environ.get("CAPTINV_WEBUI_PYTHON", str(webui / "venv" / "bin" / "python"))
     tmp = tmp_path_factory.mktemp("webui")
