@@ -28,11 +28,19 @@ WEBUI = os.environ.get("CAPTINV_WEBUI_DIR")
 START_TIMEOUT = 600
 
 
+WIDTHS = {"sd1": 768, "sdxl": 768 + 1280}  # the WebUI's embedding "shape" per family
+
+
 @dataclass
 class Server:
+    family: str
     url: str
     data: Path
     log: Path
+
+    @property
+    def width(self) -> int:
+        return WIDTHS[self.family]
 
     def call(self, path: str, body: dict | None = None, timeout: float = 900) -> tuple[int, dict]:
         request = urllib.request.Request(
@@ -53,10 +61,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def sd1_server(tmp_path_factory):
+@pytest.fixture(scope="session", params=["sd1", "sdxl"])
+def server(request, tmp_path_factory):
+    family = request.param
     if not WEBUI:
-        pytest.skip("CAPTINV_WEBUI_DIR is not set: these tests need a real WebUI checkout (see tests/webui/conftest.py)")
+        pytest.skip(
+            "CAPTINV_WEBUI_DIR is not set: these tests need a real WebUI checkout (see tests/webui/conftest.py)"
+        )
     webui = Path(WEBUI)
     python = os.environ.get("CAPTINV_WEBUI_PYTHON", str(webui / "venv" / "bin" / "python"))
     tmp = tmp_path_factory.mktemp("webui")
@@ -67,7 +78,7 @@ def sd1_server(tmp_path_factory):
         "PYTHONUNBUFFERED": "1",
     }
     env.pop("PYTHONPATH", None)
-    checkpoint = tmp / "models" / "tiny-sd1"
+    checkpoint = tmp / "models" / f"tiny-{family}"
     subprocess.run(
         [
             python,
@@ -112,7 +123,7 @@ def sd1_server(tmp_path_factory):
         process = subprocess.Popen(
             [python, "launch.py", *flags], cwd=webui, env=env, stdout=out, stderr=subprocess.STDOUT
         )
-    server = Server(f"http://127.0.0.1:{port}", data, log)
+    server = Server(family, f"http://127.0.0.1:{port}", data, log)
     try:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline and process.poll() is None:

@@ -8,12 +8,15 @@ The yaml is the WebUI's own inference config with small widths (a `<checkpoint>.
 a checkpoint is what the WebUI loads it with). Layers ldm initialises to zero get small random
 values and normalisation layers non-trivial ones, or prompts and embeddings would change
 nothing. The CLIP-L text encoder is built from the Hugging Face cache the caller prepared
-(`prepare_clip_cache`), so its width (768) and tokenizer are the real ones.
+(`prepare_clip_cache`), so its width (768) and tokenizer are the real ones. For SDXL, a tiny
+1280-wide open_clip text model config is registered in the WebUI venv's open_clip package
+(`captinv-tiny-bigG.json`): the only file written outside the output folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -21,6 +24,12 @@ import torch
 from omegaconf import OmegaConf
 
 TINY_UNET = {"model_channels": 32, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [2]}
+OPEN_CLIP_ARCH = "captinv-tiny-bigG"
+TINY_BIGG = {
+    "embed_dim": 1280,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "head_width": 32, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 1280, "heads": 20, "layers": 2},
+}
 TINY_VAE = {"ch": 32, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 1, "attn_resolutions": []}
 
 
@@ -35,12 +44,26 @@ def _config(webui: Path, family: str):
         webui / "repositories" / "generative-models" / "configs" / "inference" / "sd_xl_base.yaml"
     )
     unet = config.model.params.network_config.params
-    unet.update(TINY_UNET | {"num_head_channels": 16, "transformer_depth": [0, 1], "adm_in_channels": 2816})
-    config.model.params.first_stage_config.params.ddconfig.update(TINY_VAE)
+    unet.update(
+        TINY_UNET
+        | {"num_head_channels": 16, "transformer_depth": [0, 1], "spatial_transformer_attn_type": "softmax"}
+    )
+    config.model.params.first_stage_config.params.ddconfig.update(TINY_VAE | {"attn_type": "vanilla"})
     embedders = config.model.params.conditioner_config.params.emb_models
-    embedders[1].params.arch = "captinv-tiny-bigG"
+    embedders[0].params.layer_idx = 1  # the tiny CLIP-L has two layers
+    embedders[1].params.arch = OPEN_CLIP_ARCH
     embedders[1].params.version = None
     return config
+
+
+def install_open_clip_config() -> Path:
+    """SDXL names its bigG text encoder by open_clip arch: register a 2-layer, 1280-wide one."""
+    import importlib.util
+
+    folder = Path(importlib.util.find_spec("open_clip").submodule_search_locations[0]) / "model_configs"
+    path = folder / f"{OPEN_CLIP_ARCH}.json"
+    path.write_text(json.dumps(TINY_BIGG))
+    return path
 
 
 def _randomise(model: torch.nn.Module, generator: torch.Generator) -> None:
@@ -68,6 +91,8 @@ def main() -> None:
     transformers.CLIPTextModel.from_pretrained = classmethod(
         lambda cls, name, *a, **k: cls(transformers.CLIPTextConfig.from_pretrained(name))
     )
+    if args.family == "sdxl":
+        install_open_clip_config()
     config = _config(args.webui, args.family)
     torch.manual_seed(0)
     model = instantiate_from_config(config.model)

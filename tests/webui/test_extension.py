@@ -38,63 +38,61 @@ def _invert(server, name: str, **options):
     return server.call("/captinv/v1/invert", body)
 
 
-def test_extension_loads_without_errors_and_adds_the_tab(sd1_server):
-    log = sd1_server.log.read_text()
+def test_extension_loads_without_errors_and_adds_the_tab(server):
+    log = server.log.read_text()
     assert "Traceback" not in log and "Error loading script" not in log, log[-3000:]
-    status, config = sd1_server.call("/config")
+    status, config = server.call("/config")
     assert status == 200
     assert "Invert from Caption" in str(config) and "captinv_run" in str(config)
 
 
-def test_inverted_names_are_loaded_and_change_txt2img(sd1_server):
+def test_inverted_names_are_loaded_and_change_txt2img(server):
     combined_prompt, word_prompt = "a photo of chelsea-all", "a photo of chelsea-w02-tabby sitting"
-    before = (_txt2img(sd1_server, combined_prompt), _txt2img(sd1_server, word_prompt))
+    before = (_txt2img(server, combined_prompt), _txt2img(server, word_prompt))
 
-    status, result = _invert(sd1_server, "chelsea")
+    status, result = _invert(server, "chelsea")
 
     assert status == 200, result
     assert result["names"] == ["chelsea-all", "chelsea-w01-a", "chelsea-w02-tabby", "chelsea-w03-cat"]
-    loaded = sd1_server.call("/sdapi/v1/embeddings")[1]["loaded"]
-    assert loaded["chelsea-all"]["vectors"] == 3 and loaded["chelsea-all"]["shape"] == 768
+    loaded = server.call("/sdapi/v1/embeddings")[1]["loaded"]
+    assert loaded["chelsea-all"]["vectors"] == 3 and loaded["chelsea-all"]["shape"] == server.width
     assert all(loaded[name]["vectors"] == 1 for name in result["word_names"])
     # the same prompt and seed, re-encoded with the new vectors (no restart, no refresh, no stale cache)
-    assert _txt2img(sd1_server, combined_prompt) != before[0]
-    assert _txt2img(sd1_server, word_prompt) != before[1]
-    assert (sd1_server.data / "embeddings" / "chelsea-all.preview.png").is_file()
+    assert _txt2img(server, combined_prompt) != before[0]
+    assert _txt2img(server, word_prompt) != before[1]
+    assert (server.data / "embeddings" / "chelsea-all.preview.png").is_file()
 
 
-def test_taken_name_is_refused_and_files_stay(sd1_server):
-    assert _invert(sd1_server, "twice")[0] == 200
-    written = sd1_server.data / "embeddings" / "twice-all.safetensors"
+def test_taken_name_is_refused_and_files_stay(server):
+    assert _invert(server, "twice")[0] == 200
+    written = server.data / "embeddings" / "twice-all.safetensors"
     content = written.read_bytes()
-    status, body = _invert(sd1_server, "twice")
+    status, body = _invert(server, "twice")
     assert status == 409 and "already exists" in body["detail"]
     assert written.read_bytes() == content
 
 
-def test_bad_input_gets_a_4xx_with_a_message(sd1_server):
-    status, body = sd1_server.call("/captinv/v1/invert", {"image": "not base64!", "caption": "x"})
+def test_bad_input_gets_a_4xx_with_a_message(server):
+    status, body = server.call("/captinv/v1/invert", {"image": "not base64!", "caption": "x"})
     assert status == 400 and "base64" in body["detail"]
-    status, body = sd1_server.call(
+    status, body = server.call(
         "/captinv/v1/invert", {"image": _photo_b64(), "caption": "cat " * 80, "name": "long"}
     )
     assert status == 400 and "at most 75" in body["detail"]
 
 
-def test_interrupt_stops_the_run_and_writes_nothing(sd1_server):
+def test_interrupt_stops_the_run_and_writes_nothing(server):
     outcome = {}
-    worker = threading.Thread(
-        target=lambda: outcome.update(answer=_invert(sd1_server, "stopped", steps=5000))
-    )
+    worker = threading.Thread(target=lambda: outcome.update(answer=_invert(server, "stopped", steps=5000)))
     worker.start()
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        progress = sd1_server.call("/sdapi/v1/progress")[1]
+        progress = server.call("/sdapi/v1/progress")[1]
         if progress.get("state", {}).get("job_no", 0) >= 2:
             break
         time.sleep(0.5)
-    sd1_server.call("/sdapi/v1/interrupt", {})
+    server.call("/sdapi/v1/interrupt", {})
     worker.join(timeout=120)
     status, body = outcome["answer"]
     assert status == 409 and "nothing was written" in body["detail"]
-    assert not list((sd1_server.data / "embeddings").glob("stopped-*"))
+    assert not list((server.data / "embeddings").glob("stopped-*"))
