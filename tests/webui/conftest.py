@@ -86,7 +86,7 @@ def server(request, tmp_path_factory):
             "--webui",
             str(webui),
             "--family",
-            "sd1",
+            family,
             "--out",
             str(checkpoint),
         ],
