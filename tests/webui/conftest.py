@@ -97,6 +97,8 @@ def server(request, tmp_path_factory):
     )
     data = tmp / "data"
     (data / "embeddings").mkdir(parents=True)
+    # Live previews would download the approximate-VAE weights during sampling; there is no network.
+    (data / "config.json").write_text(json.dumps({"live_previews_enable": False}))
     subprocess.run(["git", "clone", "-q", str(ROOT), str(data / "extensions" / "captinv")], check=True)
     port = _free_port()
     log = tmp / "webui.log"
