@@ -19,7 +19,6 @@ import json
 import math
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -101,8 +100,19 @@ def _photo(size: int):
     return Image.fromarray(np.asarray(data.chelsea())).resize((size, size))
 
 
+def _rss_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
 class _Memory:
-    """Peak memory above the level at construction (RSS on CPU, allocator peak on CUDA)."""
+    """Peak memory of what follows, above the level at construction.
+
+    On CPU the process's peak RSS is reset first (Linux `clear_refs`), so memory used before
+    (model building, latent caching) cannot hide the step's own peak. On CUDA: allocator peak.
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -110,12 +120,13 @@ class _Memory:
             torch.cuda.reset_peak_memory_stats()
             self.base = torch.cuda.memory_allocated()
         else:
-            self.base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            Path("/proc/self/clear_refs").write_text("5")
+            self.base = _rss_kb("VmRSS") * 1024
 
     def peak_mb(self) -> float:
         if self.device.type == "cuda":
             return (torch.cuda.max_memory_allocated() - self.base) / 2**20
-        return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - self.base) / 2**20
+        return (_rss_kb("VmHWM") * 1024 - self.base) / 2**20
 
 
 def _sync(device: torch.device) -> None:
