@@ -36,6 +36,19 @@ def test_tab_layout_offers_every_option_with_config_defaults():
     } <= elem_ids
 
 
+def test_tab_values_become_config_values():
+    names = ["steps", "vectors_per_word", "resolution", "max_grad_norm", "seed", "flip"]
+    values = layout.config_values(names, (50, 0, 0, 0.5, 0, False))
+    assert values == {
+        "steps": 50,
+        "max_grad_norm": 0.5,
+        "seed": 0,
+        "flip": False,
+    }  # 0 = automatic only if optional
+    config = InvertConfig.from_mapping(values)
+    assert config.vectors_per_word is None and config.resolution is None
+
+
 def test_chips_call_the_javascript_helper_and_escape_text():
     html = layout.chips_html("cat-all", ["cat-w01-a"], "cat-w01-a <b>")
     assert "captinv.sendToPrompt('cat-all')" in html and "captinv.sendToPrompt('cat-w01-a')" in html

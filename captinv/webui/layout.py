@@ -60,7 +60,20 @@ def option_control(spec: dataclasses.Field, default: Any) -> Any:
         return gr.Checkbox(value=default, **common)
     if spec.name == "steps":
         return gr.Slider(minimum=1, maximum=5000, step=1, value=default, **common)
+    if spec.default is None:  # gradio sends an empty number as 0, which therefore means "automatic"
+        common["info"] += " 0: automatic."
+        default = 0
     return gr.Number(value=default, precision=0 if base is int else None, **common)
+
+
+def config_values(names: list[str], values: tuple[Any, ...]) -> dict[str, Any]:
+    """The tab's option values as config values: empty or 0 in an optional field means its default."""
+    defaults = {spec.name: spec.default for spec in dataclasses.fields(InvertConfig)}
+    return {
+        name: value
+        for name, value in zip(names, values)
+        if value not in (None, "") and not (defaults[name] is None and value == 0)
+    }
 
 
 def build_tab(defaults: dict[str, Any] | None = None) -> tuple[gr.Blocks, TabComponents]:

@@ -22,7 +22,9 @@ def register() -> None:
         "captinv_default_steps": shared.OptionInfo(
             defaults.steps, "Default steps", gr.Slider, {"minimum": 1, "maximum": 5000, "step": 1}
         ),
-        "captinv_default_learning_rate": shared.OptionInfo(defaults.learning_rate, "Default learning rate", gr.Number),
+        "captinv_default_learning_rate": shared.OptionInfo(
+            defaults.learning_rate, "Default learning rate", gr.Number
+        ),
         "captinv_preview": shared.OptionInfo(True, "Render a preview with the combined name after a run"),
         "captinv_preview_steps": shared.OptionInfo(20, "Preview sampling steps"),
         "captinv_card_files": shared.OptionInfo(

@@ -8,7 +8,14 @@ from modules import call_queue, shared
 
 from captinv.errors import CaptinvError
 from captinv.webui import service
-from captinv.webui.layout import SOURCE_CHOICES, TabComponents, build_tab, chips_html, loss_svg, message_html
+from captinv.webui.layout import (
+    SOURCE_CHOICES,
+    TabComponents,
+    build_tab,
+    chips_html,
+    loss_svg,
+    message_html,
+)
 from captinv.webui.settings import opt
 
 TITLE = "Invert from Caption"
