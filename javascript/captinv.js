@@ -5,7 +5,7 @@ var captinv = (function() {
         gradioApp().querySelector('#captinv_info').innerHTML = '';
         var id = randomId();
         requestProgress(id, gradioApp().getElementById('captinv_output'), gradioApp().getElementById('captinv_preview'), function() {}, function(progress) {
-            gradioApp().getElementById('captinv_info').innerHTML = progress.textinfo || '';
+            gradioApp().getElementById('captinv_progress').innerHTML = progress.textinfo || '';
         });
         var args = Array.from(arguments);
         args[0] = id;

@@ -109,6 +109,7 @@ def build_tab(defaults: dict[str, Any] | None = None) -> tuple[gr.Blocks, TabCom
                     components.interrupt = gr.Button("Interrupt", elem_id="captinv_interrupt")
                     components.run = gr.Button("Invert", variant="primary", elem_id="captinv_run")
             with gr.Column(elem_id="captinv_output"):
+                gr.HTML(elem_id="captinv_progress")
                 components.info = gr.HTML(elem_id="captinv_info")
                 components.chips = gr.HTML(elem_id="captinv_chips")
                 components.preview = gr.Image(label="Preview", interactive=False, elem_id="captinv_preview")

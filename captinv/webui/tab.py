@@ -13,6 +13,7 @@ from captinv.webui.layout import (
     TabComponents,
     build_tab,
     chips_html,
+    config_values,
     loss_svg,
     message_html,
 )
@@ -25,9 +26,7 @@ def _run(components: TabComponents):
     option_names = list(components.options)
 
     def run(_task_id: str, image: Any, caption: str, source: str, name: str, *option_values: Any):
-        values = {
-            key: value for key, value in zip(option_names, option_values) if value is not None and value != ""
-        }
+        values = config_values(option_names, option_values)
         try:
             result, preview = service.run_inversion(image, caption, name, values, SOURCE_CHOICES[source])
         except CaptinvError as err:

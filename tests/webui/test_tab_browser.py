@@ -42,6 +42,7 @@ def test_invert_in_the_tab_then_send_a_name_to_txt2img(server, tmp_path):
         page.goto(server.url, timeout=120_000)
         page.get_by_role("button", name="Invert from Caption").click()
         page.set_input_files("#captinv_image input[type=file]", str(photo))
+        page.locator("#captinv_image img").first.wait_for()  # the upload is read before the run can send it
         sync_api.expect(page.locator("#captinv_name textarea")).to_have_value("Kitty")  # from the file name
         page.fill("#captinv_caption textarea", "a tabby cat")
         page.fill("#captinv_steps input[type=number]", "3")
@@ -51,7 +52,13 @@ def test_invert_in_the_tab_then_send_a_name_to_txt2img(server, tmp_path):
         page.locator("#captinv_resolution input").press("Enter")
         page.click("#captinv_run")
         chip = page.locator("#captinv_chips button.captinv-chip", has_text="kitty-all")
-        chip.wait_for(timeout=300_000)
+        page.wait_for_function(
+            "document.querySelector('#captinv_chips button') || document.querySelector('#captinv_info .error')",
+            timeout=300_000,
+        )
+        assert page.locator("#captinv_info .error").count() == 0, page.locator(
+            "#captinv_info"
+        ).first.inner_text()
         screenshot = tmp_path / "captinv-tab.png"
         page.screenshot(path=str(screenshot), full_page=True)
         print(f"screenshot: {screenshot}")
