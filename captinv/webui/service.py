@@ -111,21 +111,25 @@ def _preview(result: InvertResult, seed: int, resolution: int) -> Image.Image | 
         p.close()
 
 
-def _write_card(path: Path, image: Image.Image) -> None:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+def _write_atomically(path: Path, content: bytes) -> None:
     temp = path.with_name(f".{path.name}.tmp")
-    temp.write_bytes(buffer.getvalue())
+    temp.write_bytes(content)
     temp.replace(path)
 
 
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def _write_cards(result: InvertResult, photo: Image.Image, preview: Image.Image | None) -> None:
+    """Extra Networks card files: the preview (combined name) or the photo, and the sentence."""
     folder = result.files[0].parent
     for name in [result.combined_name, *result.word_names]:
-        _write_card(
-            folder / f"{name}.preview.png", preview if preview and name == result.combined_name else photo
-        )
-        (folder / f"{name}.description.txt").write_text(f"captinv: {result.sentence}\n", encoding="utf-8")
+        image = preview if preview and name == result.combined_name else photo
+        _write_atomically(folder / f"{name}.preview.png", _png(image))
+        _write_atomically(folder / f"{name}.description.txt", f"captinv: {result.sentence}\n".encode())
 
 
 def run_inversion(
