@@ -1,0 +1,1 @@
+"""A procedural captioned-image world and a small text-to-image model trained on it."""
