@@ -1,12 +1,13 @@
 """Applying Perfusion edits to a UNet by wrapping its cross-attention projections.
 
-Each `attn2.to_k` / `attn2.to_v` gets an instance-level `forward`. It calls the
-*class* forward looked up at call time (`torch.nn.Linear.forward`, which the
-WebUI's LoRA extension replaces) so LoRA on the same layers still applies, and
-it computes W i* (and the locked key W_K i_super) in that same call, so the
-edit uses the LoRA-modified W consistently. Every attention backend of the
-WebUI and of diffusers calls `to_k(context)` / `to_v(context)`, so the wrapper
-is independent of the attention implementation.
+Each `attn2.to_k` / `attn2.to_v` gets an instance-level `forward`. It removes
+the C⁻¹-parallel part of every token before W and passes the remainder (and,
+for a locked key, i_super) through the *class* forward looked up at call time
+(`torch.nn.Linear.forward`, which the WebUI's LoRA extension replaces): LoRA on
+the same layers still applies, and the edit uses the LoRA-modified W for every
+term. Every attention backend of the WebUI and of diffusers calls
+`to_k(context)` / `to_v(context)`, so the wrapper is independent of the
+attention implementation.
 
 A closed gate is not the identity (it sends i* to 0), so "no concept" must
 mean "no wrapper": `remove` deletes the instance attribute and the UNet is
@@ -30,7 +31,7 @@ from torch import nn
 from captinv.perfusion.concept import PerfusionConcept
 from captinv.perfusion.errors import PerfusionError
 from captinv.perfusion.layers import CrossAttentionLayer, cross_attention_layers
-from captinv.perfusion.rank1 import coefficients, edit, projection_mix
+from captinv.perfusion.rank1 import coefficients, gated_targets, orthogonal_part, projection_mix
 
 Kind = Literal["k", "v"]
 Projection = Literal["approximate", "exact"]
@@ -70,17 +71,19 @@ class _EditedForward:
         compute = torch.promote_types(x.dtype, torch.float32)
         shared = self.source.shared(x.device, compute)
         targets = self.source.targets(self.layer, self.kind, x.device, compute)
-        m, locked = shared.i_star.shape[0], any(t is None for t in targets)
         flat = x.reshape(-1, x.shape[-1])
-        extra = [shared.i_star, *([shared.i_super] if locked else []), shared.i_star.new_zeros(1, flat.shape[1])]
-        forward = self.inner if self.inner is not None else type(self.module).forward.__get__(self.module)
-        out = forward(torch.cat([flat, *(rows.to(x.dtype) for rows in extra)])).to(compute)
-        y, bias = out[: flat.shape[0]], out[-1]  # forward(0) is the bias (zero for SD's K and V)
-        w_rows = out[flat.shape[0] : -1] - bias
-        if locked:
-            targets = [w_rows[m + j] if t is None else t for j, t in enumerate(targets)]
         s = coefficients(flat.to(compute), shared.direction)
-        result = edit(y, s, w_rows[:m], torch.stack(targets), shared.beta, shared.tau, shared.mix)
+        rows = [orthogonal_part(flat.to(compute), s, shared.i_star, shared.mix)]
+        locked = any(t is None for t in targets)
+        if locked:  # W_K i_super through the same call; forward(0) is the bias to take off it
+            rows += [shared.i_super, shared.i_super.new_zeros(1, flat.shape[1])]
+        forward = self.inner if self.inner is not None else type(self.module).forward.__get__(self.module)
+        out = forward(torch.cat(rows).to(x.dtype)).to(compute)
+        y = out[: flat.shape[0]]
+        if locked:
+            super_keys = out[flat.shape[0] : -1] - out[-1]
+            targets = [super_keys[j] if t is None else t for j, t in enumerate(targets)]
+        result = y + gated_targets(s, torch.stack(targets), shared.beta, shared.tau)
         return result.to(x.dtype).reshape(*x.shape[:-1], result.shape[-1])
 
 

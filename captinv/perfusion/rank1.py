@@ -18,8 +18,9 @@ paper's Appendix B projection (I (IᵀC⁻¹I)⁻¹ (C⁻¹I)ᵀ e) because C⁻
 and it needs only the vectors a concept file stores. The approximation the
 authors recommend drops (UᵀI)⁻¹, i.e. treats the i*_j as C⁻¹-orthogonal.
 
+An edited projection is W(orthogonal_part(e)) + gated_targets(s(e)).
 Shapes: rows are concepts (m), the last axis of x is the text width d, targets
-and W i* are [m, out]. Every function works on any leading batch axes.
+are [m, out]. Every function works on any leading batch axes.
 """
 
 from __future__ import annotations
@@ -69,17 +70,15 @@ def projection_mix(i_stars: torch.Tensor, directions: torch.Tensor, *, exact: bo
     return torch.linalg.inv(overlap).to(i_stars.dtype)
 
 
-def edit(
-    wx: torch.Tensor,
-    s: torch.Tensor,
-    w_i_star: torch.Tensor,
-    targets: torch.Tensor,
-    beta: torch.Tensor,
-    tau: torch.Tensor,
-    mix: torch.Tensor,
-) -> torch.Tensor:
-    """W e − W Proj(e) + Σ_j σ((s_j − β_j)/τ_j)·o*_j, given W e [..., out] and s [..., m]."""
-    return wx - (s @ mix.transpose(0, 1)) @ w_i_star + gate(s, beta, tau) @ targets
+def orthogonal_part(x: torch.Tensor, s: torch.Tensor, i_stars: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
+    """e − Proj(e): what still goes through W. Removing it in input space, before W, avoids
+    subtracting two large outputs in half precision and uses a LoRA-modified W for both parts."""
+    return x - (s @ mix.transpose(0, 1)) @ i_stars
+
+
+def gated_targets(s: torch.Tensor, targets: torch.Tensor, beta: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """Σ_j σ((s_j − β_j)/τ_j)·o*_j for every token: [..., m] x [m, out] -> [..., out]."""
+    return gate(s, beta, tau) @ targets
 
 
 def ema_update(average: torch.Tensor, value: torch.Tensor, decay: float = 0.99) -> torch.Tensor:

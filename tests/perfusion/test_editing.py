@@ -1,0 +1,232 @@
+"""The wrapped to_k / to_v of a tiny SD1-structured diffusers UNet (float64 unless stated)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from captinv.perfusion.editing import ConceptSource, applied, install, is_installed, remove
+from captinv.perfusion.errors import PerfusionError
+from captinv.perfusion.layers import cross_attention_layers
+from tests.perfusion import models
+
+D = models.CONTEXT
+
+
+def _spd(seed: int) -> torch.Tensor:
+    a = torch.randn(D, D, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return a @ a.T + 0.5 * torch.eye(D, dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def unet():
+    return models.sd1_like()
+
+
+@pytest.fixture(scope="module")
+def layers(unet):
+    return cross_attention_layers(unet)
+
+
+@pytest.fixture(scope="module")
+def covariance():
+    return _spd(7)
+
+
+@pytest.fixture(scope="module")
+def concept(layers, covariance):
+    i_star = torch.randn(D, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    return models.random_concept(layers, seed=1, i_star=i_star, c_inv_i_star=torch.linalg.solve(covariance, i_star))
+
+
+def _orthogonal(concept, seed: int) -> torch.Tensor:
+    """Token encodings with s(e) = uᵀe = 0."""
+    e = torch.randn(3, D, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    u = concept.direction()
+    return e - (e @ u)[:, None] * concept.i_star
+
+
+def test_open_gate_sends_i_star_to_the_value_target_and_locks_the_key(unet, layers, concept):
+    super_keys = {layer.name: layer.to_k(concept.i_super).detach() for layer in layers}
+    with torch.no_grad(), applied(unet, concept, beta=0.5, tau=1e-6):
+        for layer in layers:
+            torch.testing.assert_close(layer.to_v(concept.i_star), concept.v_targets[layer.name], rtol=0, atol=1e-12)
+            torch.testing.assert_close(layer.to_k(concept.i_star), super_keys[layer.name], rtol=0, atol=1e-12)
+    with torch.no_grad(), applied(unet, concept, beta=0.75, tau=0.1):  # the training gate: σ(2.5) = 0.924
+        for layer in layers:
+            expected = 0.9241418199787566 * super_keys[layer.name]
+            torch.testing.assert_close(layer.to_k(concept.i_star), expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(("beta", "tau"), [(0.5, 1e-6), (0.75, 0.1), (0.7, 0.15), (100.0, 0.15), (-1.0, 0.5)])
+def test_c_inverse_orthogonal_inputs_keep_w_e(unet, layers, concept, beta, tau):
+    """The W-part is untouched for any β, τ; only the gate's value at s = 0, σ(−β/τ), adds o* (≈0 for β/τ ≫ 1)."""
+    e = _orthogonal(concept, seed=5)
+    leak = float(torch.sigmoid(torch.tensor(-beta / tau, dtype=torch.float64)))
+    stock = {layer.name: (layer.to_k(e).detach(), layer.to_v(e).detach(), layer.to_k(concept.i_super)) for layer in layers}
+    with torch.no_grad(), applied(unet, concept, beta=beta, tau=tau):
+        for layer in layers:
+            k, v, super_key = stock[layer.name]
+            torch.testing.assert_close(layer.to_v(e), v + leak * concept.v_targets[layer.name], rtol=0, atol=1e-12)
+            torch.testing.assert_close(layer.to_k(e), k + leak * super_key, rtol=0, atol=1e-12)
+            if beta / tau > 40:
+                torch.testing.assert_close(layer.to_v(e), v, rtol=0, atol=1e-12)
+
+
+def test_a_closed_gate_is_not_the_identity(unet, layers, concept):
+    with torch.no_grad(), applied(unet, concept, beta=100.0, tau=0.15):
+        for layer in layers:
+            assert layer.to_v.weight.mv(concept.i_star).abs().max() > 0.1
+            torch.testing.assert_close(layer.to_v(concept.i_star), torch.zeros(layer.to_v.out_features, dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+def test_only_the_shape_of_c_matters_and_the_stored_c_inverse_i_star_matches_full_c(unet, layers, concept, covariance):
+    rescaled = models.random_concept(
+        layers, seed=1, i_star=concept.i_star, c_inv_i_star=torch.linalg.solve(123.0 * covariance, concept.i_star)
+    )
+    e = torch.randn(2, 5, D, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    e[0, 2] = concept.i_star
+
+    def outputs(c):
+        with torch.no_grad(), applied(unet, c, beta=0.6, tau=0.15):
+            return [torch.cat([layer.to_k(e), layer.to_v(e)], -1) for layer in layers]
+
+    stored = outputs(concept)
+    for ours, theirs in zip(stored, outputs(rescaled)):
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    c_inv = torch.linalg.inv(covariance)
+    s = (e @ c_inv @ concept.i_star / (concept.i_star @ c_inv @ concept.i_star))[..., None]
+    g = torch.sigmoid((s - 0.6) / 0.15)
+    for layer, ours in zip(layers, stored):
+        w_k, w_v = layer.to_k.weight, layer.to_v.weight
+        key = e @ w_k.T - s * (w_k @ concept.i_star) + g * (w_k @ concept.i_super)
+        value = e @ w_v.T - s * (w_v @ concept.i_star) + g * concept.v_targets[layer.name]
+        torch.testing.assert_close(ours, torch.cat([key, value], -1), rtol=0, atol=1e-11)
+
+
+def _unet_output(unet, context):
+    sample = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with torch.no_grad():
+        return unet(sample, torch.tensor([10, 500]), encoder_hidden_states=context).sample
+
+
+def test_off_means_unwrapped_and_the_unet_is_bit_identical_to_stock(unet, layers, concept):
+    context = torch.randn(2, 6, D, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    context[:, 3] = concept.i_star
+    stock = _unet_output(unet, context)
+    with applied(unet, concept):
+        assert is_installed(unet)
+        edited = _unet_output(unet, context)
+    assert not torch.allclose(edited, stock, atol=1e-3)
+    assert torch.equal(_unet_output(unet, context), stock)
+    assert not is_installed(unet)
+    assert all("forward" not in m.__dict__ for layer in layers for m in (layer.to_k, layer.to_v))
+    with pytest.raises(RuntimeError, match="inside"), applied(unet, concept):
+        raise RuntimeError("inside")
+    assert torch.equal(_unet_output(unet, context), stock)
+
+
+def test_install_is_idempotent_and_remove_leaves_no_trace(unet, layers, concept, monkeypatch):
+    calls = []
+    original = torch.nn.Linear.forward
+    monkeypatch.setattr(torch.nn.Linear, "forward", lambda self, x: calls.append(x.shape) or original(self, x))
+    source = ConceptSource([concept], beta=[0.7], tau=[0.15], exact=False)
+    e = torch.randn(4, D, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    install(unet, source)
+    once = layers[0].to_v(e)
+    install(unet, source)
+    calls.clear()
+    twice = layers[0].to_v(e)
+    assert len(calls) == 1  # one class-forward call: the tokens plus the appended i* and zero rows
+    assert torch.equal(once, twice)
+    assert remove(unet) == 2 * len(layers)
+    assert remove(unet) == 0
+    assert all("forward" not in m.__dict__ for layer in layers for m in (layer.to_k, layer.to_v))
+
+
+def test_wrappers_compose_with_a_class_level_linear_patch(unet, layers, concept, monkeypatch):
+    """The WebUI's LoRA replaces torch.nn.Linear.forward; the edit must use the LoRA-modified W throughout."""
+    draw = torch.Generator().manual_seed(11)
+    deltas = {
+        id(m): 0.1 * torch.randn(m.out_features, 1, generator=draw, dtype=torch.float64)
+        @ torch.randn(1, D, generator=draw, dtype=torch.float64)
+        for layer in layers
+        for m in (layer.to_k, layer.to_v)
+    }
+    original = torch.nn.Linear.forward
+
+    def lora_forward(self, x):
+        delta = deltas.get(id(self))
+        return original(self, x) if delta is None else original(self, x) + x @ delta.T
+
+    e = _orthogonal(concept, seed=6)
+    with torch.no_grad(), applied(unet, concept, beta=0.5, tau=1e-6):
+        monkeypatch.setattr(torch.nn.Linear, "forward", lora_forward)  # patched after the wrappers went in
+        for layer in layers:
+            lora_k = layer.to_k.weight + deltas[id(layer.to_k)]
+            lora_v = layer.to_v.weight + deltas[id(layer.to_v)]
+            torch.testing.assert_close(layer.to_v(e), e @ lora_v.T, rtol=0, atol=1e-12)
+            torch.testing.assert_close(layer.to_v(concept.i_star), concept.v_targets[layer.name], rtol=0, atol=1e-12)
+            torch.testing.assert_close(layer.to_k(concept.i_star), lora_k @ concept.i_super, rtol=0, atol=1e-12)
+
+
+def test_a_foreign_instance_forward_is_called_and_restored(unet, layers, concept):
+    module = layers[0].to_v
+    doubled = lambda x: 2.0 * torch.nn.Linear.forward(module, x)  # noqa: E731
+    module.forward = doubled
+    try:
+        e = _orthogonal(concept, seed=8)
+        with torch.no_grad(), applied(unet, concept, beta=0.5, tau=1e-6):
+            torch.testing.assert_close(module(e), 2.0 * e @ module.weight.T, rtol=0, atol=1e-12)
+        assert module.__dict__["forward"] is doubled
+    finally:
+        del module.forward
+
+
+def test_two_concepts_each_map_their_own_input_to_their_own_targets(unet, layers, concept, covariance):
+    i_star = concept.i_star + torch.randn(D, generator=torch.Generator().manual_seed(14), dtype=torch.float64)
+    second = models.random_concept(
+        layers, seed=2, name="other", i_star=i_star, c_inv_i_star=torch.linalg.solve(covariance, i_star)
+    )
+    cross = [float(second.direction() @ concept.i_star), float(concept.direction() @ second.i_star)]
+    assert all(0.05 < abs(c) < 0.5 for c in cross)  # correlated, yet each gate stays shut for the other
+    with torch.no_grad(), applied(unet, [concept, second], beta=0.5, tau=1e-6, projection="exact"):
+        for layer in layers:
+            for c in (concept, second):
+                torch.testing.assert_close(layer.to_v(c.i_star), c.v_targets[layer.name], rtol=0, atol=1e-10)
+                torch.testing.assert_close(layer.to_k(c.i_star), layer.to_k.weight @ c.i_super, rtol=0, atol=1e-10)
+        exact = layers[0].to_v(concept.i_star)
+    with torch.no_grad(), applied(unet, [concept, second], beta=0.5, tau=1e-6):
+        assert not torch.allclose(layers[0].to_v(concept.i_star), exact, atol=1e-3)
+
+
+def test_fp16_context_gives_fp16_output_close_to_a_float64_reference(concept):
+    """Within 1e-3 of the output scale: about two fp16 roundings (stock fp16 alone costs one, 4.9e-4)."""
+    half = models.sd1_like(torch.float16)
+    context = torch.randn(2, 154, D, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+    context[0, 5] = concept.i_star  # rows: [cond; uncond], columns: two 77-token chunks
+    context = context.half()
+    e = context.double()
+    s = (e @ concept.direction())[..., None]
+    g = torch.sigmoid((s - 0.6) / 0.15)
+    with torch.no_grad(), applied(half, concept, beta=0.6, tau=0.15) as layers:
+        for layer in layers:
+            out_k, out_v = layer.to_k(context), layer.to_v(context)
+            assert out_k.dtype == out_v.dtype == torch.float16 and out_v.shape == (2, 154, layer.to_v.out_features)
+            w_k, w_v = layer.to_k.weight.double(), layer.to_v.weight.double()
+            key = e @ w_k.T - s * (w_k @ concept.i_star) + g * (w_k @ concept.i_super)
+            value = e @ w_v.T - s * (w_v @ concept.i_star) + g * concept.v_targets[layer.name]
+            assert (out_k.double() - key).abs().max() < 1e-3 * key.abs().max()
+            assert (out_v.double() - value).abs().max() < 1e-3 * value.abs().max()
+
+
+def test_knobs_are_checked(unet, concept):
+    with pytest.raises(PerfusionError, match="2 β values for 1"), applied(unet, concept, beta=[0.5, 0.6]):
+        pass
+    with pytest.raises(PerfusionError, match="positive"), applied(unet, concept, tau=0.0):
+        pass
+    with pytest.raises(PerfusionError, match="projection"), applied(unet, concept, projection="cholesky"):
+        pass
+    with applied(unet, concept), pytest.raises(PerfusionError, match="already active"), applied(unet, concept):
+        pass
+    assert not is_installed(unet)
