@@ -50,7 +50,12 @@ class ConceptSize:
         return self.embedding + self.inputs + self.values + self.keys
 
     def __str__(self) -> str:
-        parts = {"embedding": self.embedding, "i*/C⁻¹i*/i_super": self.inputs, "V": self.values, "K": self.keys}
+        parts = {
+            "embedding": self.embedding,
+            "i*/C⁻¹i*/i_super": self.inputs,
+            "V": self.values,
+            "K": self.keys,
+        }
         listed = ", ".join(f"{label} {size / 1000:.1f}" for label, size in parts.items() if size)
         return f"{self.total / 1000:.1f} KB ({listed})"
 
@@ -142,9 +147,13 @@ class PerfusionConcept:
         except (SafetensorError, OSError) as err:
             raise ConceptFileError(f"{path.name} is not a readable safetensors file: {err}") from err
         if metadata.get("format") != FORMAT:
-            raise ConceptFileError(f"{path.name} is not a captinv Perfusion concept (format '{metadata.get('format')}').")
+            raise ConceptFileError(
+                f"{path.name} is not a captinv Perfusion concept (format '{metadata.get('format')}')."
+            )
         if not metadata.get("version", "").isdigit() or int(metadata["version"]) > VERSION:
-            raise ConceptFileError(f"{path.name} has version {metadata.get('version')}; update captinv to read it.")
+            raise ConceptFileError(
+                f"{path.name} has version {metadata.get('version')}; update captinv to read it."
+            )
         try:
             concept = cls(
                 name=metadata["name"],
@@ -162,7 +171,9 @@ class PerfusionConcept:
         except (KeyError, ValueError) as err:
             raise ConceptFileError(f"{path.name} lacks or garbles {err}; the file is damaged.") from err
         if str(concept.context_dim) != metadata.get("context_dim"):
-            raise ConceptFileError(f"{path.name}: tensors do not match its recorded context_dim; the file is damaged.")
+            raise ConceptFileError(
+                f"{path.name}: tensors do not match its recorded context_dim; the file is damaged."
+            )
         return concept
 
     def _validate(self) -> None:

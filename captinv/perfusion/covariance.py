@@ -54,9 +54,10 @@ class Covariance:
 
     def factor(self, shrinkage: float = DEFAULT_SHRINKAGE) -> torch.Tensor:
         """Lower Cholesky factor (float64) of C + λI with λ = shrinkage·tr(C)/d."""
-        ridge = shrinkage * float(torch.trace(self.matrix)) / self.width
-        if not ridge > 0:
+        trace = float(torch.trace(self.matrix))
+        if not trace > 0:
             raise CovarianceError("The covariance has no positive trace; estimate it on a non-empty corpus.")
+        ridge = shrinkage * trace / self.width
         shrunk = self.matrix + ridge * torch.eye(self.width, dtype=torch.float64)
         factor, info = torch.linalg.cholesky_ex(shrunk)
         if int(info) != 0:
@@ -129,7 +130,12 @@ def estimate_covariance(
         if progress is not None:
             progress(min(start + batch_size, len(prompts)), len(prompts))
     covariance = accumulator.result(corpus_id(prompts))
-    logger.info("covariance of %d encodings from %d prompts (width %d)", covariance.count, len(prompts), covariance.width)
+    logger.info(
+        "covariance of %d encodings from %d prompts (width %d)",
+        covariance.count,
+        len(prompts),
+        covariance.width,
+    )
     return covariance
 
 
@@ -152,9 +158,15 @@ class CovarianceCache:
         try:
             tensors, meta = read_tensors(path)
             if meta.get("format") != FORMAT or meta.get("id") != cache_id:
-                raise CovarianceError(f"{path.name} is not the covariance '{cache_id}'; delete it to re-estimate.")
+                raise CovarianceError(
+                    f"{path.name} is not the covariance '{cache_id}'; delete it to re-estimate."
+                )
             matrix = tensors["covariance"]
-            if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1] or not bool(torch.isfinite(matrix).all()):
+            if (
+                matrix.dim() != 2
+                or matrix.shape[0] != matrix.shape[1]
+                or not bool(torch.isfinite(matrix).all())
+            ):
                 raise CovarianceError(f"{path.name} holds no usable covariance; delete it to re-estimate.")
             return Covariance(matrix.to(torch.float64), int(meta["count"]), meta["corpus_id"])
         except (SafetensorError, KeyError, ValueError) as err:
@@ -227,4 +239,6 @@ def default_corpus(size: int = 20_000, seed: int = 0) -> list[str]:
             "style": draw.choice(_STYLES), "style2": draw.choice(_STYLES), "style3": draw.choice(_STYLES),
         }  # fmt: skip
         prompts.setdefault(draw.choice(_TEMPLATES).format(**words), None)
-    raise CovarianceError(f"Could not generate {size} distinct prompts; use a smaller corpus or your own captions.")
+    raise CovarianceError(
+        f"Could not generate {size} distinct prompts; use a smaller corpus or your own captions."
+    )

@@ -56,7 +56,9 @@ class EditSource(Protocol):
     def shared(self, device: torch.device, dtype: torch.dtype) -> SharedEdit:
         """The concepts' inputs and gates for one call."""
 
-    def targets(self, layer: str, kind: Kind, device: torch.device, dtype: torch.dtype) -> list[torch.Tensor | None]:
+    def targets(
+        self, layer: str, kind: Kind, device: torch.device, dtype: torch.dtype
+    ) -> list[torch.Tensor | None]:
         """Per concept, o* of this projection, or None for a key locked to W_K i_super."""
 
 
@@ -87,7 +89,9 @@ class _EditedForward:
         return result.to(x.dtype).reshape(*x.shape[:-1], result.shape[-1])
 
 
-def _projections(layers: Sequence[CrossAttentionLayer]) -> Iterator[tuple[CrossAttentionLayer, Kind, nn.Linear]]:
+def _projections(
+    layers: Sequence[CrossAttentionLayer],
+) -> Iterator[tuple[CrossAttentionLayer, Kind, nn.Linear]]:
     for layer in layers:
         yield layer, "k", layer.to_k
         yield layer, "v", layer.to_v
@@ -130,7 +134,12 @@ class ConceptSource:
     """Fixed concepts with their gates, for inference; tensors are cached per device and dtype."""
 
     def __init__(
-        self, concepts: Sequence[PerfusionConcept], *, beta: Sequence[float], tau: Sequence[float], exact: bool
+        self,
+        concepts: Sequence[PerfusionConcept],
+        *,
+        beta: Sequence[float],
+        tau: Sequence[float],
+        exact: bool,
     ) -> None:
         i_star = torch.stack([c.i_star.double() for c in concepts])
         direction = torch.stack([c.direction() for c in concepts])
@@ -152,7 +161,9 @@ class ConceptSource:
             self._shared[key] = self._base.to(device, dtype)
         return self._shared[key]
 
-    def targets(self, layer: str, kind: Kind, device: torch.device, dtype: torch.dtype) -> list[torch.Tensor | None]:
+    def targets(
+        self, layer: str, kind: Kind, device: torch.device, dtype: torch.dtype
+    ) -> list[torch.Tensor | None]:
         key = (layer, kind, device, dtype)
         if key not in self._targets:
             found = [(c.v_targets if kind == "v" else c.k_targets).get(layer) for c in self._concepts]
@@ -202,7 +213,9 @@ def applied(
     for concept in concepts:
         concept.check_fits(layers)
     if is_installed(unet):
-        raise PerfusionError("Perfusion edits are already active on this UNet; remove them before applying others.")
+        raise PerfusionError(
+            "Perfusion edits are already active on this UNet; remove them before applying others."
+        )
     source = ConceptSource(concepts, beta=betas, tau=taus, exact=projection == "exact")
     install(unet, source)
     try:

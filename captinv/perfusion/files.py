@@ -19,7 +19,9 @@ from safetensors.torch import save_file
 from captinv.errors import NameTakenError
 
 
-def write_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], *, overwrite: bool) -> Path:
+def write_atomic(
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], *, overwrite: bool
+) -> Path:
     """Write `tensors` (moved to CPU, made contiguous) with string `metadata` to `path`."""
     path = Path(path)
     if path.exists() and not overwrite:

@@ -60,7 +60,7 @@ def projection_mix(i_stars: torch.Tensor, directions: torch.Tensor, *, exact: bo
     m = i_stars.shape[0]
     if not exact or m == 1:
         return torch.eye(m, dtype=i_stars.dtype, device=i_stars.device)
-    overlap = (directions.double() @ i_stars.double().transpose(0, 1))  # M_jk = u_jᵀ i*_k, diag 1
+    overlap = directions.double() @ i_stars.double().transpose(0, 1)  # M_jk = u_jᵀ i*_k, diag 1
     condition = torch.linalg.cond(overlap)
     if not bool(torch.isfinite(condition)) or float(condition) > MAX_PROJECTION_CONDITION:
         raise PerfusionError(
@@ -70,13 +70,17 @@ def projection_mix(i_stars: torch.Tensor, directions: torch.Tensor, *, exact: bo
     return torch.linalg.inv(overlap).to(i_stars.dtype)
 
 
-def orthogonal_part(x: torch.Tensor, s: torch.Tensor, i_stars: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
+def orthogonal_part(
+    x: torch.Tensor, s: torch.Tensor, i_stars: torch.Tensor, mix: torch.Tensor
+) -> torch.Tensor:
     """e − Proj(e): what still goes through W. Removing it in input space, before W, avoids
     subtracting two large outputs in half precision and uses a LoRA-modified W for both parts."""
     return x - (s @ mix.transpose(0, 1)) @ i_stars
 
 
-def gated_targets(s: torch.Tensor, targets: torch.Tensor, beta: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+def gated_targets(
+    s: torch.Tensor, targets: torch.Tensor, beta: torch.Tensor, tau: torch.Tensor
+) -> torch.Tensor:
     """Σ_j σ((s_j − β_j)/τ_j)·o*_j for every token: [..., m] x [m, out] -> [..., out]."""
     return gate(s, beta, tau) @ targets
 

@@ -46,7 +46,7 @@ class TrainableConcept(nn.Module):
         self.layer_names = [layer.name for layer in layers]
         self._index = {name: i for i, name in enumerate(self.layer_names)}
         self.beta, self.tau = beta, tau
-        self.register_buffer("i_super", i_super.detach().to(torch.float32).clone())
+        self.register_buffer("i_super", i_super.detach().clone())
         self.register_buffer("covariance_factor", covariance_factor.detach().to(torch.float64).clone())
         with torch.no_grad():
             self.v_targets = nn.ParameterList(
@@ -61,9 +61,9 @@ class TrainableConcept(nn.Module):
         self._step = SharedEdit(
             i_star=i_star.unsqueeze(0),
             direction=direction.unsqueeze(0),
-            mix=torch.ones(1, 1, device=i_star.device),
-            beta=torch.tensor([self.beta], device=i_star.device),
-            tau=torch.tensor([self.tau], device=i_star.device),
+            mix=torch.ones(1, 1, dtype=torch.float64, device=i_star.device),
+            beta=torch.tensor([self.beta], dtype=torch.float64, device=i_star.device),
+            tau=torch.tensor([self.tau], dtype=torch.float64, device=i_star.device),
             i_super=self.i_super.unsqueeze(0),
         )
 
@@ -72,7 +72,9 @@ class TrainableConcept(nn.Module):
             raise PerfusionError("Call set_input(i_star) before the first UNet forward of a Perfusion step.")
         return self._step.to(device, dtype)
 
-    def targets(self, layer: str, kind: Kind, device: torch.device, dtype: torch.dtype) -> list[torch.Tensor | None]:
+    def targets(
+        self, layer: str, kind: Kind, device: torch.device, dtype: torch.dtype
+    ) -> list[torch.Tensor | None]:
         if kind == "k":
             return [None]
         return [self.v_targets[self._index[layer]].to(device, dtype)]
@@ -94,7 +96,7 @@ class TrainableConcept(nn.Module):
                 embedding={key: rows.detach().float().cpu() for key, rows in embedding.items()},
                 i_star=i_star.detach().float().cpu(),
                 c_inv_i_star=c_inv_i_star.float().cpu(),
-                i_super=self.i_super.detach().cpu().clone(),
+                i_super=self.i_super.detach().float().cpu().clone(),
                 v_targets={n: t.detach().float().cpu() for n, t in zip(self.layer_names, self.v_targets)},
                 metadata={"train_beta": repr(self.beta), "train_tau": repr(self.tau), **(metadata or {})},
             )

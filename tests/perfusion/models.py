@@ -60,7 +60,11 @@ def real_unet(family: str) -> UNet2DConditionModel:
     """The released SD1.5 / SD2 / SDXL UNet configurations, on the meta device."""
     configs = {
         "sd1": {"cross_attention_dim": 768, "attention_head_dim": 8},
-        "sd2": {"cross_attention_dim": 1024, "attention_head_dim": (5, 10, 20, 20), "use_linear_projection": True},
+        "sd2": {
+            "cross_attention_dim": 1024,
+            "attention_head_dim": (5, 10, 20, 20),
+            "use_linear_projection": True,
+        },
         "sdxl": {
             "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
             "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
@@ -104,16 +108,24 @@ class _BasicTransformerBlock(nn.Module):
 class _SpatialTransformer(nn.Module):
     def __init__(self, channels: int, depth: int, context_dim: int) -> None:
         super().__init__()
-        self.transformer_blocks = nn.ModuleList(_BasicTransformerBlock(channels, context_dim) for _ in range(depth))
+        self.transformer_blocks = nn.ModuleList(
+            _BasicTransformerBlock(channels, context_dim) for _ in range(depth)
+        )
 
 
 def ldm_unet(
-    channels: Sequence[int], depths: Sequence[int], middle_depth: int, context_dim: int, num_res_blocks: int = 2
+    channels: Sequence[int],
+    depths: Sequence[int],
+    middle_depth: int,
+    context_dim: int,
+    num_res_blocks: int = 2,
 ) -> nn.Module:
     """ldm/sgm `UNetModel`'s module tree: input_blocks, middle_block, output_blocks, as openaimodel.py builds them."""
 
     def block(level: int, *extra: nn.Module) -> nn.Sequential:
-        transformer = [_SpatialTransformer(channels[level], depths[level], context_dim)] if depths[level] else []
+        transformer = (
+            [_SpatialTransformer(channels[level], depths[level], context_dim)] if depths[level] else []
+        )
         return nn.Sequential(_Stub("in_layers"), *transformer, *extra)
 
     unet = nn.Module()

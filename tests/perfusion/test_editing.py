@@ -36,7 +36,9 @@ def covariance():
 @pytest.fixture(scope="module")
 def concept(layers, covariance):
     i_star = torch.randn(D, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    return models.random_concept(layers, seed=1, i_star=i_star, c_inv_i_star=torch.linalg.solve(covariance, i_star))
+    return models.random_concept(
+        layers, seed=1, i_star=i_star, c_inv_i_star=torch.linalg.solve(covariance, i_star)
+    )
 
 
 def _orthogonal(concept, seed: int) -> torch.Tensor:
@@ -50,7 +52,9 @@ def test_open_gate_sends_i_star_to_the_value_target_and_locks_the_key(unet, laye
     super_keys = {layer.name: layer.to_k(concept.i_super).detach() for layer in layers}
     with torch.no_grad(), applied(unet, concept, beta=0.5, tau=1e-6):
         for layer in layers:
-            torch.testing.assert_close(layer.to_v(concept.i_star), concept.v_targets[layer.name], rtol=0, atol=1e-12)
+            torch.testing.assert_close(
+                layer.to_v(concept.i_star), concept.v_targets[layer.name], rtol=0, atol=1e-12
+            )
             torch.testing.assert_close(layer.to_k(concept.i_star), super_keys[layer.name], rtol=0, atol=1e-12)
     with torch.no_grad(), applied(unet, concept, beta=0.75, tau=0.1):  # the training gate: σ(2.5) = 0.924
         for layer in layers:
@@ -63,11 +67,16 @@ def test_c_inverse_orthogonal_inputs_keep_w_e(unet, layers, concept, beta, tau):
     """The W-part is untouched for any β, τ; only the gate's value at s = 0, σ(−β/τ), adds o* (≈0 for β/τ ≫ 1)."""
     e = _orthogonal(concept, seed=5)
     leak = float(torch.sigmoid(torch.tensor(-beta / tau, dtype=torch.float64)))
-    stock = {layer.name: (layer.to_k(e).detach(), layer.to_v(e).detach(), layer.to_k(concept.i_super)) for layer in layers}
+    stock = {
+        layer.name: (layer.to_k(e).detach(), layer.to_v(e).detach(), layer.to_k(concept.i_super))
+        for layer in layers
+    }
     with torch.no_grad(), applied(unet, concept, beta=beta, tau=tau):
         for layer in layers:
             k, v, super_key = stock[layer.name]
-            torch.testing.assert_close(layer.to_v(e), v + leak * concept.v_targets[layer.name], rtol=0, atol=1e-12)
+            torch.testing.assert_close(
+                layer.to_v(e), v + leak * concept.v_targets[layer.name], rtol=0, atol=1e-12
+            )
             torch.testing.assert_close(layer.to_k(e), k + leak * super_key, rtol=0, atol=1e-12)
             if beta / tau > 40:
                 torch.testing.assert_close(layer.to_v(e), v, rtol=0, atol=1e-12)
@@ -77,12 +86,22 @@ def test_a_closed_gate_is_not_the_identity(unet, layers, concept):
     with torch.no_grad(), applied(unet, concept, beta=100.0, tau=0.15):
         for layer in layers:
             assert layer.to_v.weight.mv(concept.i_star).abs().max() > 0.1
-            torch.testing.assert_close(layer.to_v(concept.i_star), torch.zeros(layer.to_v.out_features, dtype=torch.float64), rtol=0, atol=1e-12)
+            torch.testing.assert_close(
+                layer.to_v(concept.i_star),
+                torch.zeros(layer.to_v.out_features, dtype=torch.float64),
+                rtol=0,
+                atol=1e-12,
+            )
 
 
-def test_only_the_shape_of_c_matters_and_the_stored_c_inverse_i_star_matches_full_c(unet, layers, concept, covariance):
+def test_only_the_shape_of_c_matters_and_the_stored_c_inverse_i_star_matches_full_c(
+    unet, layers, concept, covariance
+):
     rescaled = models.random_concept(
-        layers, seed=1, i_star=concept.i_star, c_inv_i_star=torch.linalg.solve(123.0 * covariance, concept.i_star)
+        layers,
+        seed=1,
+        i_star=concept.i_star,
+        c_inv_i_star=torch.linalg.solve(123.0 * covariance, concept.i_star),
     )
     e = torch.randn(2, 5, D, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
     e[0, 2] = concept.i_star
@@ -129,7 +148,9 @@ def test_off_means_unwrapped_and_the_unet_is_bit_identical_to_stock(unet, layers
 def test_install_is_idempotent_and_remove_leaves_no_trace(unet, layers, concept, monkeypatch):
     calls = []
     original = torch.nn.Linear.forward
-    monkeypatch.setattr(torch.nn.Linear, "forward", lambda self, x: calls.append(x.shape) or original(self, x))
+    monkeypatch.setattr(
+        torch.nn.Linear, "forward", lambda self, x: calls.append(x.shape) or original(self, x)
+    )
     source = ConceptSource([concept], beta=[0.7], tau=[0.15], exact=False)
     e = torch.randn(4, D, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     install(unet, source)
@@ -148,7 +169,8 @@ def test_wrappers_compose_with_a_class_level_linear_patch(unet, layers, concept,
     """The WebUI's LoRA replaces torch.nn.Linear.forward; the edit must use the LoRA-modified W throughout."""
     draw = torch.Generator().manual_seed(11)
     deltas = {
-        id(m): 0.1 * torch.randn(m.out_features, 1, generator=draw, dtype=torch.float64)
+        id(m): 0.1
+        * torch.randn(m.out_features, 1, generator=draw, dtype=torch.float64)
         @ torch.randn(1, D, generator=draw, dtype=torch.float64)
         for layer in layers
         for m in (layer.to_k, layer.to_v)
@@ -166,8 +188,12 @@ def test_wrappers_compose_with_a_class_level_linear_patch(unet, layers, concept,
             lora_k = layer.to_k.weight + deltas[id(layer.to_k)]
             lora_v = layer.to_v.weight + deltas[id(layer.to_v)]
             torch.testing.assert_close(layer.to_v(e), e @ lora_v.T, rtol=0, atol=1e-12)
-            torch.testing.assert_close(layer.to_v(concept.i_star), concept.v_targets[layer.name], rtol=0, atol=1e-12)
-            torch.testing.assert_close(layer.to_k(concept.i_star), lora_k @ concept.i_super, rtol=0, atol=1e-12)
+            torch.testing.assert_close(
+                layer.to_v(concept.i_star), concept.v_targets[layer.name], rtol=0, atol=1e-12
+            )
+            torch.testing.assert_close(
+                layer.to_k(concept.i_star), lora_k @ concept.i_super, rtol=0, atol=1e-12
+            )
 
 
 def test_a_foreign_instance_forward_is_called_and_restored(unet, layers, concept):
@@ -194,7 +220,9 @@ def test_two_concepts_each_map_their_own_input_to_their_own_targets(unet, layers
         for layer in layers:
             for c in (concept, second):
                 torch.testing.assert_close(layer.to_v(c.i_star), c.v_targets[layer.name], rtol=0, atol=1e-10)
-                torch.testing.assert_close(layer.to_k(c.i_star), layer.to_k.weight @ c.i_super, rtol=0, atol=1e-10)
+                torch.testing.assert_close(
+                    layer.to_k(c.i_star), layer.to_k.weight @ c.i_super, rtol=0, atol=1e-10
+                )
         exact = layers[0].to_v(concept.i_star)
     with torch.no_grad(), applied(unet, [concept, second], beta=0.5, tau=1e-6):
         assert not torch.allclose(layers[0].to_v(concept.i_star), exact, atol=1e-3)
@@ -212,7 +240,11 @@ def test_fp16_context_gives_fp16_output_close_to_a_float64_reference(concept):
     with torch.no_grad(), applied(half, concept, beta=0.6, tau=0.15) as layers:
         for layer in layers:
             out_k, out_v = layer.to_k(context), layer.to_v(context)
-            assert out_k.dtype == out_v.dtype == torch.float16 and out_v.shape == (2, 154, layer.to_v.out_features)
+            assert out_k.dtype == out_v.dtype == torch.float16 and out_v.shape == (
+                2,
+                154,
+                layer.to_v.out_features,
+            )
             w_k, w_v = layer.to_k.weight.double(), layer.to_v.weight.double()
             key = e @ w_k.T - s * (w_k @ concept.i_star) + g * (w_k @ concept.i_super)
             value = e @ w_v.T - s * (w_v @ concept.i_star) + g * concept.v_targets[layer.name]
@@ -227,6 +259,10 @@ def test_knobs_are_checked(unet, concept):
         pass
     with pytest.raises(PerfusionError, match="projection"), applied(unet, concept, projection="cholesky"):
         pass
-    with applied(unet, concept), pytest.raises(PerfusionError, match="already active"), applied(unet, concept):
+    with (
+        applied(unet, concept),
+        pytest.raises(PerfusionError, match="already active"),
+        applied(unet, concept),
+    ):
         pass
     assert not is_installed(unet)

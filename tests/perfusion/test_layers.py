@@ -18,14 +18,20 @@ from tests.perfusion import models
 
 
 def _dims(layers) -> dict[str, tuple[int, int, int]]:
-    return {layer.name: (layer.context_dim, layer.to_k.out_features, layer.to_v.out_features) for layer in layers}
+    return {
+        layer.name: (layer.context_dim, layer.to_k.out_features, layer.to_v.out_features) for layer in layers
+    }
 
 
 @pytest.mark.parametrize(
     ("diffusers_unet", "structure", "count"),
     [
         (models.sd1_like, (models.SD1_CHANNELS, models.SD1_DEPTHS, models.SD1_MIDDLE, models.CONTEXT), 16),
-        (models.sdxl_like, (models.SDXL_CHANNELS, models.SDXL_DEPTHS, models.SDXL_MIDDLE, 2 * models.CONTEXT), 70),
+        (
+            models.sdxl_like,
+            (models.SDXL_CHANNELS, models.SDXL_DEPTHS, models.SDXL_MIDDLE, 2 * models.CONTEXT),
+            70,
+        ),
     ],
     ids=["sd1", "sdxl"],
 )
@@ -70,7 +76,11 @@ def _converter_names(ldm: nn.Module) -> dict[str, str]:
     mapping = {}
     for key, value in ldm.state_dict().items():
         if key.endswith(".attn2" + suffix):
-            matches = [new for new, tensor in converted.items() if new.endswith(suffix) and torch.equal(tensor, value)]
+            matches = [
+                new
+                for new, tensor in converted.items()
+                if new.endswith(suffix) and torch.equal(tensor, value)
+            ]
             assert len(matches) == 1
             mapping[key.removesuffix(suffix)] = matches[0].removesuffix(suffix)
     return mapping

@@ -33,7 +33,10 @@ def draw() -> torch.Generator:
 def test_ungated_form_is_rome_closed_form(draw):
     w = torch.randn(OUT, D, generator=draw, dtype=torch.float64)
     c = _spd(draw)
-    i_star, o_star = torch.randn(D, generator=draw, dtype=torch.float64), torch.randn(OUT, generator=draw, dtype=torch.float64)
+    i_star, o_star = (
+        torch.randn(D, generator=draw, dtype=torch.float64),
+        torch.randn(OUT, generator=draw, dtype=torch.float64),
+    )
     c_inv_i = torch.linalg.solve(c, i_star)
     rome = w + torch.outer(o_star - w @ i_star, c_inv_i) / (i_star @ c_inv_i)
     e = torch.randn(5, D, generator=draw, dtype=torch.float64)
@@ -53,7 +56,9 @@ def test_gate_values_at_the_paper_settings():
 def test_gate_direction_ignores_the_scale_of_c(draw):
     c, i_star = _spd(draw), torch.randn(D, generator=draw, dtype=torch.float64)
     u = gate_direction(i_star, torch.linalg.solve(c, i_star))
-    torch.testing.assert_close(gate_direction(i_star, torch.linalg.solve(123.0 * c, i_star)), u, rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        gate_direction(i_star, torch.linalg.solve(123.0 * c, i_star)), u, rtol=1e-12, atol=0
+    )
     assert float(u @ i_star) == pytest.approx(1.0, abs=1e-14)
     with pytest.raises(PerfusionError, match="not positive"):
         gate_direction(i_star, -torch.linalg.solve(c, i_star))
@@ -74,13 +79,17 @@ def test_exact_multi_concept_projection_matches_appendix_b(draw):
     mix = projection_mix(i_stars, directions, exact=True)
     e = torch.randn(4, D, generator=draw, dtype=torch.float64)
     reference = e - e @ _cholesky_qr_projection(i_stars, torch.linalg.inv(c)).T
-    torch.testing.assert_close(orthogonal_part(e, coefficients(e, directions), i_stars, mix), reference, rtol=0, atol=1e-10)
+    torch.testing.assert_close(
+        orthogonal_part(e, coefficients(e, directions), i_stars, mix), reference, rtol=0, atol=1e-10
+    )
     # each i*_j lies in the span: its orthogonal remainder, the part that still goes through W, is zero
     remainder = orthogonal_part(i_stars, coefficients(i_stars, directions), i_stars, mix)
     torch.testing.assert_close(remainder, torch.zeros_like(i_stars), rtol=0, atol=1e-10)
     # the approximation is not exact for correlated i*s
     approximate = projection_mix(i_stars, directions, exact=False)
-    assert not torch.allclose(orthogonal_part(e, coefficients(e, directions), i_stars, approximate), reference, atol=1e-3)
+    assert not torch.allclose(
+        orthogonal_part(e, coefficients(e, directions), i_stars, approximate), reference, atol=1e-3
+    )
 
 
 def test_approximation_is_exact_for_c_inverse_orthogonal_inputs(draw):
@@ -121,4 +130,6 @@ def test_running_target_input_and_straight_through():
     used = straight_through(average, value)
     torch.testing.assert_close(used, average)  # forward: the running value
     (used * torch.tensor([2.0, 3.0])).sum().backward()
-    torch.testing.assert_close(value.grad, torch.tensor([2.0, 3.0]))  # backward: as if it were the batch value
+    torch.testing.assert_close(
+        value.grad, torch.tensor([2.0, 3.0])
+    )  # backward: as if it were the batch value
