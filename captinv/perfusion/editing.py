@@ -11,8 +11,9 @@ attention implementation.
 
 A closed gate is not the identity (it sends i* to 0), so "no concept" must
 mean "no wrapper": `remove` deletes the instance attribute and the UNet is
-then bit-identical to stock. Math runs in float32 (float64 for float64
-inputs) and the result is cast back to the input dtype.
+then bit-identical to stock. The edit's own math runs in float32 (float64 for
+float64 inputs), outside any autocast; only the wrapped W follows the caller's
+precision, and the result is cast back to the input dtype.
 
 Where the concept tensors come from is an `EditSource`: fixed concepts at
 inference (`ConceptSource`, here) or the training state (`trainable`).
@@ -74,18 +75,22 @@ class _EditedForward:
         shared = self.source.shared(x.device, compute)
         targets = self.source.targets(self.layer, self.kind, x.device, compute)
         flat = x.reshape(-1, x.shape[-1])
-        s = coefficients(flat.to(compute), shared.direction)
-        rows = [orthogonal_part(flat.to(compute), s, shared.i_star, shared.mix)]
+        with torch.autocast(
+            x.device.type, enabled=False
+        ):  # a trainer's autocast must not lower the gate's precision
+            s = coefficients(flat.to(compute), shared.direction)
+            rows = [orthogonal_part(flat.to(compute), s, shared.i_star, shared.mix)]
         locked = any(t is None for t in targets)
         if locked:  # W_K i_super through the same call; forward(0) is the bias to take off it
             rows += [shared.i_super, shared.i_super.new_zeros(1, flat.shape[1])]
         forward = self.inner if self.inner is not None else type(self.module).forward.__get__(self.module)
         out = forward(torch.cat(rows).to(x.dtype)).to(compute)
-        y = out[: flat.shape[0]]
-        if locked:
-            super_keys = out[flat.shape[0] : -1] - out[-1]
-            targets = [super_keys[j] if t is None else t for j, t in enumerate(targets)]
-        result = y + gated_targets(s, torch.stack(targets), shared.beta, shared.tau)
+        with torch.autocast(x.device.type, enabled=False):
+            y = out[: flat.shape[0]]
+            if locked:
+                super_keys = out[flat.shape[0] : -1] - out[-1]
+                targets = [super_keys[j] if t is None else t for j, t in enumerate(targets)]
+            result = y + gated_targets(s, torch.stack(targets), shared.beta, shared.tau)
         return result.to(x.dtype).reshape(*x.shape[:-1], result.shape[-1])
 
 

@@ -196,6 +196,20 @@ def test_wrappers_compose_with_a_class_level_linear_patch(unet, layers, concept,
             )
 
 
+def test_a_biased_projection_keeps_its_bias_and_locks_to_the_superclass_output(concept):
+    """Only W is edited: at an open gate to_v(i*) = o* + b, and to_k(i*) is exactly the superclass's key."""
+    unet = models.sd1_like()
+    layer = cross_attention_layers(unet)[0]
+    for module in (layer.to_k, layer.to_v):
+        module.bias = torch.nn.Parameter(torch.randn(module.out_features, dtype=torch.float64))
+    with torch.no_grad():
+        super_key = layer.to_k(concept.i_super)
+        with applied(unet, concept, beta=0.5, tau=1e-6):
+            torch.testing.assert_close(layer.to_k(concept.i_star), super_key, rtol=0, atol=1e-12)
+            value = concept.v_targets[layer.name] + layer.to_v.bias
+            torch.testing.assert_close(layer.to_v(concept.i_star), value, rtol=0, atol=1e-12)
+
+
 def test_a_foreign_instance_forward_is_called_and_restored(unet, layers, concept):
     module = layers[0].to_v
     doubled = lambda x: 2.0 * torch.nn.Linear.forward(module, x)  # noqa: E731
@@ -250,6 +264,17 @@ def test_fp16_context_gives_fp16_output_close_to_a_float64_reference(concept):
             value = e @ w_v.T - s * (w_v @ concept.i_star) + g * concept.v_targets[layer.name]
             assert (out_k.double() - key).abs().max() < 1e-3 * key.abs().max()
             assert (out_v.double() - value).abs().max() < 1e-3 * value.abs().max()
+
+
+def test_autocast_does_not_lower_the_precision_of_the_edit(concept):
+    """Under a trainer's autocast W runs in bf16, but the gate and the o* term stay float32."""
+    unet = models.sd1_like(torch.float32)
+    with torch.no_grad(), applied(unet, concept, beta=0.5, tau=1e-6) as layers:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outputs = {layer.name: layer.to_v(concept.i_star.float()) for layer in layers}
+        for name, out in outputs.items():
+            assert out.dtype == torch.float32
+            torch.testing.assert_close(out.double(), concept.v_targets[name], rtol=0, atol=1e-5)
 
 
 def test_knobs_are_checked(unet, concept):
