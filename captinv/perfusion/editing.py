@@ -187,20 +187,20 @@ def _per_concept(value: float | Sequence[float] | None, defaults: list[float], l
     return values
 
 
-@contextmanager
-def applied(
+def activate(
     unet: nn.Module,
     concepts: PerfusionConcept | Sequence[PerfusionConcept],
     *,
     beta: float | Sequence[float] | None = None,
     tau: float | Sequence[float] | None = None,
     projection: Projection = "approximate",
-) -> Iterator[list[CrossAttentionLayer]]:
-    """The UNet with these concepts' edits while inside, stock again afterwards however the block ends.
+) -> list[CrossAttentionLayer]:
+    """Check the concepts against this UNet and install their edits until `remove(unet)`.
 
     β and τ default to each concept's own; one number applies to all, a
     sequence gives one per concept. `projection="exact"` removes the overlap of
     non-orthogonal concepts exactly; the approximation is the authors' default.
+    For hosts with separate activate/deactivate callbacks; otherwise use `applied`.
     """
     concepts = [concepts] if isinstance(concepts, PerfusionConcept) else list(concepts)
     if not concepts:
@@ -221,8 +221,20 @@ def applied(
         raise PerfusionError(
             "Perfusion edits are already active on this UNet; remove them before applying others."
         )
-    source = ConceptSource(concepts, beta=betas, tau=taus, exact=projection == "exact")
-    install(unet, source)
+    return install(unet, ConceptSource(concepts, beta=betas, tau=taus, exact=projection == "exact"))
+
+
+@contextmanager
+def applied(
+    unet: nn.Module,
+    concepts: PerfusionConcept | Sequence[PerfusionConcept],
+    *,
+    beta: float | Sequence[float] | None = None,
+    tau: float | Sequence[float] | None = None,
+    projection: Projection = "approximate",
+) -> Iterator[list[CrossAttentionLayer]]:
+    """The UNet with these concepts' edits while inside (see `activate`), stock again however the block ends."""
+    layers = activate(unet, concepts, beta=beta, tau=tau, projection=projection)
     try:
         yield layers
     finally:

@@ -94,6 +94,7 @@ def straight_through(average: torch.Tensor, value: torch.Tensor) -> torch.Tensor
     """The running i* in the forward pass, the batch's ē in the backward pass.
 
     The author told lucidrains that i* "needs gradients"; this lets the concept
-    embedding learn through u and W i* while the value stays the smoothed one.
+    embedding learn through u and the removed part s(e)·i* while the value stays
+    the smoothed one.
     """
     return average.detach() + value - value.detach()

@@ -7,7 +7,7 @@ trained the keys instead of the values through an inverted `parameters()`).
 The target input i* arrives every step through `set_input`, typically
 `rank1.straight_through(ema, batch_mean)`, and keeps its gradient: the gate
 direction u = C⁻¹i*/(i*ᵀC⁻¹i*) is recomputed from it with the covariance's
-Cholesky factor, so the concept embedding also learns through u and W i*.
+Cholesky factor, so the concept embedding also learns through u and s(e)·i*.
 
 Use: `editing.install(unet, trainable)`, then per step `set_input(...)`, the
 UNet forward and backward; `editing.remove(unet)` when done.

@@ -56,6 +56,21 @@ def sdxl_like(dtype: torch.dtype = torch.float64) -> UNet2DConditionModel:
     ).to(dtype)
 
 
+def small_unet(dtype: torch.dtype = torch.float64) -> UNet2DConditionModel:
+    """Four cross-attention layers: for tests that run the whole UNet forward and backward."""
+    torch.manual_seed(0)
+    return UNet2DConditionModel(
+        sample_size=8,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=CONTEXT,
+        attention_head_dim=2,
+        norm_num_groups=4,
+    ).to(dtype)
+
+
 def real_unet(family: str) -> UNet2DConditionModel:
     """The released SD1.5 / SD2 / SDXL UNet configurations, on the meta device."""
     configs = {

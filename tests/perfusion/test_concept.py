@@ -17,7 +17,7 @@ from tests.perfusion import models
 
 @pytest.fixture(scope="module")
 def unet():
-    return models.sd1_like(torch.float32)
+    return models.small_unet(torch.float32)
 
 
 @pytest.fixture
@@ -131,7 +131,7 @@ def test_foreign_damaged_and_newer_files_are_refused(concept, tmp_path):
         PerfusionConcept.load(tmp_path / "absent.safetensors")
 
 
-def test_a_concept_for_another_model_is_refused(concept):
+def test_a_concept_for_another_model_is_refused(unet, concept):
     with pytest.raises(ConceptFileError, match="12-wide"), applied(models.sdxl_like(torch.float32), concept):
         pass
     same_width = models.sd1_like(torch.float32, context_dim=2 * models.CONTEXT)
@@ -144,7 +144,7 @@ def test_a_concept_for_another_model_is_refused(concept):
     name = next(iter(concept.v_targets))
     concept.v_targets[name] = concept.v_targets[name][:-1]
     with pytest.raises(ConceptFileError, match="values, the model needs"):
-        concept.check_fits(cross_attention_layers(models.sd1_like(torch.float32)))
+        concept.check_fits(cross_attention_layers(unet))
 
 
 def test_invalid_concepts_cannot_be_built(concept):

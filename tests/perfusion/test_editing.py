@@ -129,7 +129,10 @@ def _unet_output(unet, context):
         return unet(sample, torch.tensor([10, 500]), encoder_hidden_states=context).sample
 
 
-def test_off_means_unwrapped_and_the_unet_is_bit_identical_to_stock(unet, layers, concept):
+def test_off_means_unwrapped_and_the_unet_is_bit_identical_to_stock(concept):
+    unet = models.small_unet()
+    layers = cross_attention_layers(unet)
+    concept = models.random_concept(layers, seed=1, i_star=concept.i_star, c_inv_i_star=concept.c_inv_i_star)
     context = torch.randn(2, 6, D, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     context[:, 3] = concept.i_star
     stock = _unet_output(unet, context)

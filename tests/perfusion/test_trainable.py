@@ -18,7 +18,7 @@ CONCEPT_POSITION = 2
 
 @pytest.fixture(scope="module")
 def unet():
-    return models.sd1_like().requires_grad_(False)
+    return models.small_unet().requires_grad_(False)
 
 
 @pytest.fixture
