@@ -77,6 +77,26 @@ def test_invert_request_validates_and_keeps_only_given_options():
     assert "captioner" not in fields and "classifier" not in fields  # no server paths from a request
 
 
+def test_the_routes_models_make_an_openapi_document():
+    """The WebUI serves /docs and /openapi.json for every route, ours included."""
+    app = FastAPI()
+
+    @app.post("/invert", response_model=schema.InvertResponse)
+    def invert(request: schema.InvertRequest):  # pragma: no cover - never called
+        return None
+
+    @app.post("/caption", response_model=schema.CaptionResponse)
+    def caption(request: schema.CaptionRequest):  # pragma: no cover - never called
+        return None
+
+    document = app.openapi()
+    request_fields = document["components"]["schemas"]["InvertRequest"]["properties"]
+    assert request_fields["init"]["type"] == "string" and request_fields["lr_schedule"]["type"] == "string"
+    assert request_fields["steps"]["type"] == "integer" and "captioner" not in request_fields
+    request = schema.InvertRequest(image="x", init="classify", lr_schedule="cosine")
+    assert schema.config_values(request) == {"init": "classify", "lr_schedule": "cosine"}
+
+
 def test_decode_image_accepts_data_urls_and_refuses_garbage():
     raw = schema.decode_image("data:image/png;base64," + _png_b64())
     assert Image.open(io.BytesIO(raw)).size == (64, 64)

@@ -23,17 +23,24 @@ SERVER_ONLY = ("captioner", "classifier", "text")
 SOURCES = ("caption", "webui-blip", "classify", "text")
 
 
+def _value_type(hint: Any) -> Any:
+    """The type a request field holds: `X | None` unwrapped, a `Literal` sent as its strings.
+
+    A Literal's choices are checked by `InvertConfig.from_mapping` with a message that lists
+    them; handing pydantic 1 the Literal's values as types breaks the OpenAPI document.
+    """
+    if typing.get_origin(hint) is typing.Union:
+        hint = next(t for t in typing.get_args(hint) if t is not type(None))
+    return str if typing.get_origin(hint) is typing.Literal else hint
+
+
 def _optional_fields() -> dict[str, Any]:
     hints = typing.get_type_hints(InvertConfig)
-    fields: dict[str, Any] = {}
-    for spec in dataclasses.fields(InvertConfig):
-        if spec.name in SERVER_ONLY:
-            continue
-        base = next((t for t in typing.get_args(hints[spec.name]) if t is not type(None)), hints[spec.name])
-        if typing.get_origin(base) is typing.Literal:
-            base = str
-        fields[spec.name] = (Optional[base], Field(None, description=spec.metadata["help"]))  # noqa: UP045
-    return fields
+    return {
+        spec.name: (Optional[_value_type(hints[spec.name])], Field(None, description=spec.metadata["help"]))  # noqa: UP045
+        for spec in dataclasses.fields(InvertConfig)
+        if spec.name not in SERVER_ONLY
+    }
 
 
 class CaptionRequest(BaseModel):
