@@ -1,7 +1,7 @@
-"""Command line: `python -m captinv caption|invert|inspect ...`.
+"""Command line: `python -m captinv caption|invert|perfusion|generate|inspect ...`.
 
-Flags of `invert` are generated from `InvertConfig`, so the CLI, the tab and the
-API cannot drift apart. A `CaptinvError` is printed as one line and exits 2.
+Flags of `invert` and `perfusion` are generated from `InvertConfig` and
+`PerfusionOptions`, so the CLI, the tab and the API cannot drift apart. A `CaptinvError` is printed as one line and exits 2.
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ import sys
 import typing
 from pathlib import Path
 
-from captinv.config import InvertConfig
+from captinv.config import InvertConfig, PerfusionOptions
 from captinv.errors import CaptinvError
 
 log = logging.getLogger("captinv")
 
 
-def _flag_kwargs(spec: dataclasses.Field) -> dict:
-    hint = typing.get_type_hints(InvertConfig)[spec.name]
+def _flag_kwargs(spec: dataclasses.Field, options: type = InvertConfig) -> dict:
+    hint = typing.get_type_hints(options)[spec.name]
     kwargs: dict = {"help": f"{spec.metadata['help']} (default: {spec.default})", "default": spec.default}
     if spec.metadata.get("choices"):
         kwargs["choices"] = spec.metadata["choices"]
@@ -30,6 +30,22 @@ def _flag_kwargs(spec: dataclasses.Field) -> dict:
     base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
     kwargs["type"] = base if base in (int, float) else str
     return kwargs
+
+
+_MODEL_HELP = "Diffusers folder, hub id, .safetensors checkpoint, or 'miniworld'."
+# Caption-inversion options with no meaning for a single concept word.
+_NOT_FOR_PERFUSION = ("vectors_per_word", "train_function_words")
+
+
+def _model_flags(parser: argparse.ArgumentParser, default_out: str) -> None:
+    parser.add_argument("--model", required=True, help=_MODEL_HELP)
+    parser.add_argument(
+        "--out", type=Path, default=Path(default_out), help=f"Output folder (default: ./{default_out})."
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
+    parser.add_argument(
+        "--sample", action="store_true", help="Also render <name>.preview.png with the result."
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,18 +61,46 @@ def _parser() -> argparse.ArgumentParser:
 
     invert = commands.add_parser("invert", help="Train pseudo-words from image(s) and write embedding files.")
     invert.add_argument("images", nargs="+", help="One photo (main mode) or a few of the same subject.")
-    invert.add_argument(
-        "--model", required=True, help="Diffusers folder, hub id, .safetensors checkpoint, or 'miniworld'."
-    )
-    invert.add_argument(
-        "--out", type=Path, default=Path("embeddings"), help="Output folder (default: ./embeddings)."
-    )
-    invert.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
-    invert.add_argument(
-        "--sample", action="store_true", help="Also render <name>.preview.png with the combined name."
-    )
+    _model_flags(invert, default_out="embeddings")
     for spec in dataclasses.fields(InvertConfig):
         invert.add_argument(f"--{spec.name.replace('_', '-')}", dest=spec.name, **_flag_kwargs(spec))
+
+    perfusion = commands.add_parser(
+        "perfusion", help="Train a Perfusion concept (key-locked K/V edits) from one photo."
+    )
+    perfusion.add_argument("images", nargs="+", help="One photo (or a few) of the concept.")
+    _model_flags(perfusion, default_out="perfusion")
+    perfusion.add_argument(
+        "--covariance-cache",
+        type=Path,
+        default=Path("perfusion") / "covariance",
+        help="Folder of cached text-encoding covariances (default: ./perfusion/covariance).",
+    )
+    for options in (InvertConfig, PerfusionOptions):
+        for spec in dataclasses.fields(options):
+            if options is InvertConfig and spec.name in _NOT_FOR_PERFUSION:
+                continue
+            flag = f"--{spec.name.replace('_', '-')}"
+            perfusion.add_argument(flag, dest=spec.name, **_flag_kwargs(spec, options))
+
+    generate = commands.add_parser("generate", help="Render a prompt with embeddings and Perfusion concepts.")
+    generate.add_argument("prompt")
+    generate.add_argument("--model", required=True, help=_MODEL_HELP)
+    generate.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."
+    )
+    generate.add_argument("--embedding", type=Path, action="append", default=[], help="An embedding file.")
+    generate.add_argument(
+        "--concept",
+        action="append",
+        default=[],
+        metavar="FILE[:BETA]",
+        help="A Perfusion concept file, optionally with its gate bias β (lower: stronger).",
+    )
+    generate.add_argument("--steps", type=int, default=20)
+    generate.add_argument("--guidance", type=float, default=7.0)
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--out", type=Path, default=Path("captinv.png"), help="PNG to write.")
 
     inspect = commands.add_parser(
         "inspect", help="Show names, shapes, norms and metadata of embedding files."
@@ -65,9 +109,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config(args: argparse.Namespace) -> InvertConfig:
-    known = {f.name for f in dataclasses.fields(InvertConfig)}
-    return InvertConfig(**{k: v for k, v in vars(args).items() if k in known})
+def _config(args: argparse.Namespace, options: type = InvertConfig):
+    known = {f.name for f in dataclasses.fields(options)}
+    return options(**{k: v for k, v in vars(args).items() if k in known})
 
 
 def _caption(args: argparse.Namespace) -> None:
@@ -124,6 +168,83 @@ def _invert(args: argparse.Namespace) -> None:
         print(preview)
 
 
+def _perfusion(args: argparse.Namespace) -> None:
+    from captinv.backends.diffusers_backend import DiffusersBackend
+    from captinv.captioning import init_source
+    from captinv.images import load_images
+    from captinv.inversion import default_base
+    from captinv.perfusion import editing
+    from captinv.perfusion.concept import PerfusionConcept
+    from captinv.perfusion.covariance import CovarianceCache
+    from captinv.perfusion.training import text_covariance, train_concept
+    from captinv.trainer import Callbacks
+
+    config, options = _config(args), _config(args, PerfusionOptions)
+    images = load_images(args.images)
+    backend = DiffusersBackend.load(args.model, device=args.device)
+    text = init_source(config, str(backend.device)).describe(images)
+    print(f"init text: {text}", file=sys.stderr)
+    covariance = text_covariance(backend, options, CovarianceCache(args.covariance_cache))
+    result = train_concept(
+        backend,
+        images,
+        text,
+        config,
+        options,
+        args.out,
+        name=default_base(config, args.images[0]),
+        covariance=covariance,
+        callbacks=Callbacks(progress=_progress_bar(config.steps)),
+    )
+    print(result.path)
+    print(
+        f"{result.name} ({result.superclass}): {result.size}; prompt with: {result.sentence}", file=sys.stderr
+    )
+    if args.sample:
+        concept = PerfusionConcept.load(result.path)
+        preview = args.out / f"{result.name}.preview.png"
+        with editing.applied(backend.denoiser(), concept):
+            image = backend.generate(
+                f"a photo of {result.sentence}", {concept.name: concept.embedding}, seed=config.seed
+            )
+        image.save(preview)
+        print(preview)
+
+
+def _concept_arg(item: str) -> tuple[Path, float | None]:
+    """`FILE` or `FILE:BETA`."""
+    path, separator, beta = item.rpartition(":")
+    try:
+        return (Path(path), float(beta)) if separator else (Path(item), None)
+    except ValueError:
+        return Path(item), None
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from contextlib import nullcontext
+
+    from captinv.backends.diffusers_backend import DiffusersBackend
+    from captinv.embedding_io import read_embedding
+    from captinv.perfusion import editing
+    from captinv.perfusion.concept import PerfusionConcept
+
+    concepts, betas = [], []
+    for item in args.concept:
+        path, beta = _concept_arg(item)
+        concepts.append(PerfusionConcept.load(path))
+        betas.append(concepts[-1].beta if beta is None else beta)
+    embeddings = {path.stem: read_embedding(path).vectors for path in args.embedding}
+    embeddings |= {concept.name: concept.embedding for concept in concepts}
+    backend = DiffusersBackend.load(args.model, device=args.device)
+    edits = editing.applied(backend.denoiser(), concepts, beta=betas) if concepts else nullcontext()
+    with edits:
+        image = backend.generate(
+            args.prompt, embeddings, steps=args.steps, guidance=args.guidance, seed=args.seed
+        )
+    image.save(args.out)
+    print(args.out)
+
+
 def _inspect(args: argparse.Namespace) -> None:
     from captinv.embedding_io import read_embedding
 
@@ -143,7 +264,13 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
     try:
-        {"caption": _caption, "invert": _invert, "inspect": _inspect}[args.command](args)
+        {
+            "caption": _caption,
+            "invert": _invert,
+            "perfusion": _perfusion,
+            "generate": _generate,
+            "inspect": _inspect,
+        }[args.command](args)
     except CaptinvError as err:
         print(f"captinv: error: {err}", file=sys.stderr)
         return 2

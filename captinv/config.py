@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from captinv.errors import ConfigError
 
@@ -27,8 +27,37 @@ def _opt(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, **extra})
 
 
+_T = TypeVar("_T", bound="_Options")
+
+
+class _Options:
+    """Checks and conversions shared by the option dataclasses, driven by their fields' metadata."""
+
+    def __post_init__(self) -> None:
+        for spec in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, spec.name)
+            choices = spec.metadata.get("choices")
+            if choices and value not in choices:
+                raise ConfigError(f"{spec.name} must be one of {', '.join(choices)}; got {value!r}.")
+            minimum = spec.metadata.get("minimum")
+            if minimum is not None and value is not None and value < minimum:
+                raise ConfigError(f"{spec.name} must be at least {minimum}; got {value!r}.")
+
+    @classmethod
+    def from_mapping(cls: type[_T], values: dict[str, Any]) -> _T:
+        """Build from a request/UI dict, refusing unknown keys instead of ignoring them."""
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"Unknown option(s): {', '.join(unknown)}.")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+
 @dataclass
-class InvertConfig:
+class InvertConfig(_Options):
     """Options of one inversion. Defaults follow the captioning-initialisation paper."""
 
     init: InitMode = _opt(
@@ -86,27 +115,39 @@ class InvertConfig:
     caption_max_tokens: int = _opt(30, "Longest caption, in generated tokens.", minimum=1)
 
     def __post_init__(self) -> None:
-        for spec in dataclasses.fields(self):
-            value = getattr(self, spec.name)
-            choices = spec.metadata.get("choices")
-            if choices and value not in choices:
-                raise ConfigError(f"{spec.name} must be one of {', '.join(choices)}; got {value!r}.")
-            minimum = spec.metadata.get("minimum")
-            if minimum is not None and value is not None and value < minimum:
-                raise ConfigError(f"{spec.name} must be at least {minimum}; got {value!r}.")
+        super().__post_init__()
         if self.init == "text" and not (self.text or "").strip():
             raise ConfigError("--init text needs the init text (for classic textual inversion use '*').")
         if self.warmup_steps >= self.steps and self.warmup_steps:
             raise ConfigError("warmup_steps must be smaller than steps.")
 
-    @classmethod
-    def from_mapping(cls, values: dict[str, Any]) -> InvertConfig:
-        """Build from a request/UI dict, refusing unknown keys instead of ignoring them."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"Unknown option(s): {', '.join(unknown)}.")
-        return cls(**values)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+@dataclass
+class PerfusionOptions(_Options):
+    """What a Perfusion run needs beyond `InvertConfig` (steps, batch, seed, templates...).
+
+    Defaults follow the Perfusion paper: V targets learn at 0.03 while the
+    concept's embedding learns at `InvertConfig.learning_rate`; the gate values
+    stored in the file are the inference defaults (β 0.6-0.75 keeps the lock
+    local, lower strengthens the concept).
+    """
+
+    superclass: str | None = _opt(
+        None,
+        "Super-category word the concept's keys are locked to, e.g. 'cat' (default: the init text's "
+        "last content word).",
+    )
+    value_learning_rate: float = _opt(0.03, "Learning rate of the per-layer V targets.", minimum=0.0)
+    beta: float = _opt(0.7, "Default inference gate bias stored with the concept (lower: stronger).")
+    tau: float = _opt(0.15, "Default inference gate temperature stored with the concept.", minimum=0.001)
+    covariance_prompts: int = _opt(
+        5000,
+        "Prompts of the generated corpus that estimate the text-encoding covariance (once per text "
+        "encoder, then cached).",
+        minimum=16,
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.superclass is not None and len(self.superclass.split()) != 1:
+            raise ConfigError(f"The superclass must be one word (got {self.superclass!r}).")

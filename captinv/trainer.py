@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
 
-from captinv.backends.base import ModelBackend, Vectors
+from captinv.backends.base import Conditioning, ModelBackend, Vectors
 from captinv.config import InvertConfig
 from captinv.errors import TrainingDivergedError
 from captinv.init_vectors import WordPlan
@@ -78,14 +78,14 @@ class Trainer:
             for enc in backend.encoders
         }
         self.initial = {key: value.detach().clone() for key, value in self.params.items()}
-        self._last_good = {key: value.detach().clone() for key, value in self.params.items()}
         offsets = [0]
         for word in trained:
             offsets.append(offsets[-1] + word.vector_count)
         self.slices = {w.name: slice(a, b) for w, a, b in zip(trained, offsets, offsets[1:])}
         self.templates = templates_that_fit(config.templates, plan.vector_count, backend.count_tokens)
         self.generator = torch.Generator().manual_seed(config.seed)
-        self.optimizer = torch.optim.AdamW(self.params.values(), lr=config.learning_rate, weight_decay=0.0)
+        self.optimizer = torch.optim.AdamW(self._param_groups(), lr=config.learning_rate, weight_decay=0.0)
+        self._last_good = [value.detach().clone() for value in self._trained()]
         self.lr_scale = 1.0
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         amp_dtype = backend.dtype if backend.dtype in (torch.float16, torch.bfloat16) else None
@@ -94,6 +94,20 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self._amp and amp_dtype == torch.float16)
         self.rollbacks = 0
         self._consecutive_rollbacks = 0
+
+    def _param_groups(self) -> list[dict]:
+        """What AdamW updates; a subclass adds its own groups (each with its own `lr`)."""
+        return [{"params": list(self.params.values())}]
+
+    def _trained(self) -> list[torch.Tensor]:
+        """Every tensor the optimiser changes: guarded by the NaN check and its rollback."""
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    @contextmanager
+    def _session(self) -> Iterator[None]:
+        """What a run changes on the host for its duration; a subclass adds its own changes."""
+        with self.backend.training(self.config.gradient_checkpointing):
+            yield
 
     def _lr_factor(self, step: int) -> float:
         cfg = self.config
@@ -132,11 +146,15 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.backend.device.type, dtype=self._amp_dtype)
 
+    def _conditioning(self, prompts: list[str], *, training: bool) -> Conditioning:
+        """The prompts' conditioning with the live vectors; `training` is False for evaluation."""
+        return self.backend.conditioning(prompts, self.embeddings())
+
     def _loss(
-        self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, prompts: list[str]
+        self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, prompts: list[str], *, training: bool
     ) -> torch.Tensor:
         with self._autocast():
-            cond = self.backend.conditioning(prompts, self.embeddings())
+            cond = self._conditioning(prompts, training=training)
             loss = diffusion_loss(self.backend, x0, noise, t, cond)
         if self.config.init_l2:
             loss = loss + self.config.init_l2 * init_pull(self.params, self.initial)
@@ -144,14 +162,14 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, draws: Draws) -> float:
-        return self._loss(draws.x0, draws.noise, draws.timesteps, draws.prompts).item()
+        return self._loss(draws.x0, draws.noise, draws.timesteps, draws.prompts, training=False).item()
 
     def step(self) -> float | None:
         """One optimisation step; None when it was rolled back by the NaN guard."""
         x0, noise, t = sample_draws(
             self.latents, self.config.batch_size, self.backend.schedule.num_timesteps, self.generator
         )
-        loss = self._loss(x0, noise, t, self._prompts(self.config.batch_size))
+        loss = self._loss(x0, noise, t, self._prompts(self.config.batch_size), training=True)
         value = loss.item()
         if not math.isfinite(value):
             self._roll_back()
@@ -164,12 +182,12 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        if not all(torch.isfinite(p).all() for p in self.params.values()):
+        if not all(torch.isfinite(p).all() for p in self._trained()):
             self._roll_back()
             return None
         self._consecutive_rollbacks = 0
-        for key, value_ in self.params.items():
-            self._last_good[key].copy_(value_.detach())
+        for good, live in zip(self._last_good, self._trained()):
+            good.copy_(live.detach())
         return value
 
     @torch.no_grad()
@@ -182,18 +200,18 @@ class Trainer:
                 "The loss stayed NaN/inf after several rollbacks. Lower the learning rate; on a GPU try "
                 "disabling mixed precision."
             )
-        for key, value in self.params.items():
-            value.copy_(self._last_good[key])
+        for live, good in zip(self._trained(), self._last_good):
+            live.copy_(good)
         self.optimizer.state.clear()
         self.lr_scale *= 0.5
         for group in self.optimizer.param_groups:
-            group["lr"] = self.config.learning_rate * self._lr_factor(self.scheduler.last_epoch)
+            group["lr"] = group["initial_lr"] * self._lr_factor(self.scheduler.last_epoch)
 
     def run(self, callbacks: Callbacks | None = None) -> TrainResult:
         callbacks = callbacks or Callbacks()
         result = TrainResult(embeddings={})
         total = self.config.steps
-        with self.backend.training(self.config.gradient_checkpointing):
+        with self._session():
             start = time.perf_counter()
             for step in range(1, total + 1):
                 if callbacks.should_stop and callbacks.should_stop():

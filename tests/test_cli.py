@@ -67,3 +67,32 @@ def test_errors_are_one_line_and_exit_2(saved_model, tmp_path):
     assert bad_image.stderr.strip().count("\n") == 0 and "Could not read the image" in bad_image.stderr
     bad_option = _run("invert", "bad.png", "--model", "m", "--steps", "0", cwd=tmp_path)
     assert bad_option.returncode == 2 and "steps must be at least 1" in bad_option.stderr
+
+
+def test_perfusion_then_generate_with_and_without_the_concept(saved_model, chelsea, tmp_path):
+    chelsea.save(tmp_path / "kitty.png")
+    flags = ("--init", "text", "--text", "a tabby cat", "--steps", "2", "--covariance-prompts", "32")
+    done = _run("perfusion", "kitty.png", "--model", str(saved_model), *flags, "--sample", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "perfusion").iterdir()) == [
+        "covariance",
+        "kitty.preview.png",
+        "kitty.safetensors",
+    ]
+    assert "kitty (cat):" in done.stderr and "KB" in done.stderr and "a tabby kitty" in done.stderr
+    renders = {}
+    for label, extra in {
+        "stock": (),
+        "concept": ("--concept", "perfusion/kitty.safetensors"),
+        "strong": ("--concept", "perfusion/kitty.safetensors:0.3"),
+    }.items():
+        out = tmp_path / f"{label}.png"
+        ran = _run(
+            "generate", "a photo of a tabby kitty", "--model", str(saved_model), "--steps", "2",
+            "--out", str(out), *extra, cwd=tmp_path,
+        )  # fmt: skip
+        assert ran.returncode == 0, ran.stderr
+        renders[label] = out.read_bytes()
+    assert len(set(renders.values())) == 3  # the concept changes the image, and β changes it again
+    again = _run("perfusion", "kitty.png", "--model", str(saved_model), *flags, cwd=tmp_path)
+    assert again.returncode == 2 and "already exists" in again.stderr

@@ -57,7 +57,7 @@ def test_nan_guard_rolls_back_to_the_last_good_vectors_and_lowers_the_rate(sd1, 
 def test_nan_guard_gives_up_with_a_clear_error(sd1, chelsea, tmp_path):
     trainer = make_trainer(sd1, chelsea, tmp_path)
     with torch.no_grad():
-        trainer._last_good["emb_params"][0, 0] = float("nan")
+        trainer._last_good[0][0, 0] = float("nan")
         trainer.params["emb_params"][0, 0] = float("nan")
     with pytest.raises(TrainingDivergedError, match="Lower the learning rate"):
         for _ in range(10):

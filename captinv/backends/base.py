@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 import torch
 
+from captinv.errors import UnsupportedModelError
+
 Vectors = dict[str, torch.Tensor]
 """One embedding: encoder key -> [n, width] rows."""
 
@@ -105,6 +107,14 @@ class ModelBackend(ABC):
         """Everything a run changes on the host model, undone on exit however the run ends."""
         with frozen_parameters(self.frozen_modules()), self.gradient_checkpointing(gradient_checkpointing):
             yield
+
+    def denoiser(self) -> torch.nn.Module:
+        """The UNet, whose cross-attention projections Perfusion wraps."""
+        raise UnsupportedModelError(f"{type(self).__name__} does not expose its UNet; Perfusion cannot edit it.")
+
+    def context(self, cond: Conditioning) -> torch.Tensor:
+        """The text encodings [B, N, d] that the UNet's cross-attention reads from `cond`."""
+        return cond
 
     def existing_names(self) -> set[str]:
         """Embedding names the host already knows (beyond files in the output folder)."""

@@ -187,6 +187,12 @@ class DiffusersBackend(ModelBackend):
     def frozen_modules(self) -> Iterable[torch.nn.Module]:
         return [self.unet, self.pipe.vae, *(enc.model for enc in self._encoders)]
 
+    def denoiser(self) -> torch.nn.Module:
+        return self.unet
+
+    def context(self, cond: Conditioning) -> torch.Tensor:
+        return cond.hidden if isinstance(cond, SDXLConditioning) else cond
+
     @contextmanager
     def gradient_checkpointing(self, enabled: bool) -> Iterator[None]:
         if not enabled:

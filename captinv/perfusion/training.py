@@ -1,0 +1,346 @@
+"""Training one Perfusion concept from an image, on any `ModelBackend`.
+
+It reuses the textual-inversion trainer (cached latents, batched noise draws,
+progress, interrupt, NaN guard): the concept word is the one trainable
+pseudo-word of a plan built from the init text, with the superclass word
+replaced by the concept's name and initialised from that word's rows.
+`PerfusionTrainer` adds the per-layer V targets as a second parameter group,
+derives i* from each step's own text encodings at the concept position, and
+wraps the UNet's cross-attention K/V for the run only.
+
+The concept position is found by probing, not by counting tokens: the text
+encoder is causal, so the first encoding that changes when the concept's
+vector changes is the concept's. That holds for every host's prompt syntax,
+chunking and padding convention without re-implementing any of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from captinv import __version__, names
+from captinv.backends.base import Conditioning, ModelBackend
+from captinv.config import InvertConfig, PerfusionOptions
+from captinv.errors import CaptionError, Interrupted
+from captinv.init_vectors import FUNCTION_WORDS, PseudoWord, WordPlan, split_words
+from captinv.inversion import existing_names
+from captinv.latents import build_latent_cache
+from captinv.perfusion import editing
+from captinv.perfusion.concept import ConceptSize, PerfusionConcept
+from captinv.perfusion.covariance import (
+    Covariance,
+    CovarianceCache,
+    default_corpus,
+    estimate_covariance,
+)
+from captinv.perfusion.errors import PerfusionError
+from captinv.perfusion.layers import cross_attention_layers
+from captinv.perfusion.rank1 import ema_update, straight_through
+from captinv.perfusion.trainable import TrainableConcept
+from captinv.templates import templates_that_fit
+from captinv.trainer import Callbacks, Trainer
+
+_FINGERPRINT_PROMPT = "a photo of a cat on a red chair"
+_PHRASE_ENDS = frozenset(
+    [
+        "on",
+        "in",
+        "at",
+        "with",
+        "of",
+        "under",
+        "near",
+        "next",
+        "by",
+        "from",
+        "into",
+        "onto",
+        "over",
+        "for",
+        "to",
+    ]
+)
+
+
+@dataclass
+class PerfusionResult:
+    name: str
+    superclass: str
+    path: Path
+    size: ConceptSize
+    text: str  # the init text
+    sentence: str  # the init text with the superclass word replaced by the concept's name
+    losses: list[float] = field(default_factory=list)
+    steps: int = 0
+    seconds: float = 0.0
+    rollbacks: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "superclass": self.superclass,
+            "file": self.path.name,
+            "size_bytes": self.size.total,
+            "text": self.text,
+            "sentence": self.sentence,
+            "losses": self.losses,
+            "steps": self.steps,
+            "seconds": round(self.seconds, 2),
+            "rollbacks": self.rollbacks,
+        }
+
+
+def default_superclass(text: str) -> str:
+    """The head noun of the text's first phrase: "a tabby cat on a sofa" -> "cat".
+
+    Without a parser this is a guess (the last content word before the first
+    preposition or -ing verb), which is why the tab shows it for the user to correct.
+    """
+    subject: str | None = None
+    for word in split_words(text):
+        lowered = word.lower()
+        if subject and (lowered in _PHRASE_ENDS or lowered.endswith("ing")):
+            break
+        if word.isalpha() and lowered not in FUNCTION_WORDS and lowered != "there":
+            subject = lowered
+    if subject is None:
+        raise CaptionError(
+            "The init text has no content word to take as the superclass; name one (e.g. 'cat')."
+        )
+    return subject
+
+
+def plan_concept(backend: ModelBackend, text: str, name: str, superclass: str) -> WordPlan:
+    """The init text as fixed words, with the superclass word (its last mention) as the trained concept.
+
+    A superclass absent from the text makes the sentence the concept alone.
+    """
+    tokens = backend.tokenize(superclass)
+    if not tokens:
+        raise CaptionError(f"The superclass {superclass!r} has no tokens; use a plain word such as 'cat'.")
+    rows = backend.token_rows(tokens)
+    concept = PseudoWord(
+        index=1,
+        text=superclass,
+        token_ids=tokens,
+        init={key: value.mean(0, keepdim=True) for key, value in rows.items()},
+        trainable=True,
+        name=name,
+    )
+    words = split_words(text)
+    lowered = [w.lower() for w in words]
+    if superclass.lower() not in lowered:
+        return WordPlan(text=superclass, base=name, words=[concept])
+    at = len(lowered) - 1 - lowered[::-1].index(superclass.lower())
+    plan = WordPlan(text=" ".join(words), base=name)
+    for index, word in enumerate(words, start=1):
+        if index - 1 == at:
+            plan.words.append(dataclasses.replace(concept, index=index))
+            continue
+        ids = backend.tokenize(word)
+        plan.words.append(PseudoWord(index, word, ids, backend.token_rows(ids), trainable=False))
+    return plan
+
+
+def _plain_sentence(plan: WordPlan) -> str:
+    return " ".join(word.text for word in plan.words)
+
+
+@torch.no_grad()
+def concept_position(backend: ModelBackend, prompt: str, name: str, rows: dict[str, torch.Tensor]) -> int:
+    """Index of the concept's encoding in `prompt`: the first one that moves when its vector moves."""
+    moved = {key: value + 1.0 for key, value in rows.items()}
+    first = backend.context(backend.conditioning([prompt], {name: rows}))[0].float()
+    second = backend.context(backend.conditioning([prompt], {name: moved}))[0].float()
+    changed = torch.nonzero((first - second).abs().amax(dim=-1) > 0).flatten()
+    if changed.numel() == 0:
+        raise PerfusionError(f"The concept '{name}' does not reach the text encoding of {prompt!r}.")
+    return int(changed[0])
+
+
+class PerfusionTrainer(Trainer):
+    """The inversion trainer plus the K/V edits: V targets learn, i* follows the concept's encodings."""
+
+    def __init__(
+        self,
+        backend: ModelBackend,
+        plan: WordPlan,
+        latents: torch.Tensor,
+        config: InvertConfig,
+        options: PerfusionOptions,
+        covariance_factor: torch.Tensor,
+    ) -> None:
+        if len(plan.trainable) != 1 or plan.trainable[0].vector_count != 1:
+            raise PerfusionError("A Perfusion plan trains exactly one single-vector concept word.")
+        concept = plan.trainable[0]
+        self.concept_name = concept.name or ""
+        self.options = options
+        templates = templates_that_fit(config.templates, plan.vector_count, backend.count_tokens)
+        sentence, plain = plan.sentence(), _plain_sentence(plan)
+        rows = {key: value.to(backend.device) for key, value in concept.init.items()}
+        self.positions = {
+            t.format(sentence): concept_position(backend, t.format(sentence), self.concept_name, rows)
+            for t in templates
+        }
+        self.i_super = self._superclass_encoding(backend, [t.format(plain) for t in templates], concept)
+        self.edit = TrainableConcept(
+            cross_attention_layers(backend.denoiser()), self.i_super, covariance_factor
+        ).to(backend.device)
+        self.i_star: torch.Tensor | None = None  # the running (EMA) target input
+        super().__init__(backend, plan, latents, config)
+
+    @torch.no_grad()
+    def _superclass_encoding(
+        self, backend: ModelBackend, prompts: list[str], concept: PseudoWord
+    ) -> torch.Tensor:
+        """i_super: the superclass word's last-token encoding, averaged over the templates."""
+        context = backend.context(backend.conditioning(prompts, {})).float()
+        index = torch.tensor(
+            [position + len(concept.token_ids) - 1 for position in self.positions.values()],
+            device=context.device,
+        )
+        return context[torch.arange(len(prompts), device=context.device), index].mean(0)
+
+    def _param_groups(self) -> list[dict]:
+        values = {"params": list(self.edit.parameters()), "lr": self.options.value_learning_rate}
+        return [*super()._param_groups(), values]
+
+    @contextmanager
+    def _session(self) -> Iterator[None]:
+        with super()._session():
+            unet = self.backend.denoiser()
+            if editing.is_installed(unet):
+                raise PerfusionError("Perfusion edits are already active on this UNet; remove them first.")
+            editing.install(unet, self.edit)
+            try:
+                yield
+            finally:
+                editing.remove(unet)
+
+    def _conditioning(self, prompts: list[str], *, training: bool) -> Conditioning:
+        cond = super()._conditioning(prompts, training=training)
+        context = self.backend.context(cond)
+        index = torch.tensor([self.positions[p] for p in prompts], device=context.device)
+        encodings = context[torch.arange(len(prompts), device=context.device), index].float().mean(0)
+        if self.i_star is None:
+            self.i_star = encodings.detach()
+        elif training:
+            self.i_star = ema_update(self.i_star, encodings)
+        self.edit.set_input(straight_through(self.i_star, encodings))
+        return cond
+
+    def concept(self, embedding: dict[str, torch.Tensor], metadata: dict[str, str]) -> PerfusionConcept:
+        if self.i_star is None:
+            raise PerfusionError("No step has run; there is no concept to save.")
+        concept = self.edit.to_concept(
+            self.concept_name, self.plan.trainable[0].text, embedding, self.i_star, metadata
+        )
+        return dataclasses.replace(concept, beta=self.options.beta, tau=self.options.tau)
+
+
+def text_fingerprint(backend: ModelBackend) -> str:
+    """A short id of the whole text path (weights, clip skip, padding): the covariance cache key."""
+    with torch.no_grad():
+        encoding = backend.context(backend.conditioning([_FINGERPRINT_PROMPT], {})).float().cpu()
+    digest = hashlib.sha256(torch.round(encoding * 1000).to(torch.int64).numpy().tobytes()).hexdigest()
+    return f"{backend.family}-{encoding.shape[-1]}-{digest[:16]}"
+
+
+def text_covariance(
+    backend: ModelBackend,
+    options: PerfusionOptions,
+    cache: CovarianceCache | None,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Covariance:
+    """The covariance of this model's text encodings over the generated corpus, from the cache if there."""
+    cache_id = f"{text_fingerprint(backend)}-n{options.covariance_prompts}"
+    cached = cache.load(cache_id) if cache is not None else None
+    if cached is not None:
+        return cached
+
+    def encode(prompts: list[str]) -> torch.Tensor:
+        return backend.context(backend.conditioning(prompts, {}))
+
+    covariance = estimate_covariance(
+        encode, default_corpus(options.covariance_prompts), progress=progress, should_stop=should_stop
+    )
+    if cache is not None:
+        cache.save(cache_id, covariance)
+    return covariance
+
+
+def _metadata(plan: WordPlan, backend: ModelBackend, config: InvertConfig, steps: int) -> dict[str, str]:
+    return {
+        "captinv_version": __version__,
+        "caption": plan.text,
+        "sentence": plan.sentence(),
+        "steps": str(steps),
+        "learning_rate": str(config.learning_rate),
+        "seed": str(config.seed),
+        "base_model": backend.model_name,
+        "model_family": backend.family,
+        "words": json.dumps([word.text for word in plan.words]),
+    }
+
+
+def train_concept(
+    backend: ModelBackend,
+    images: list[Image.Image],
+    text: str,
+    config: InvertConfig,
+    options: PerfusionOptions,
+    out_dir: Path,
+    *,
+    name: str,
+    covariance: Covariance,
+    callbacks: Callbacks | None = None,
+) -> PerfusionResult:
+    """Train the concept `name` on `images` and write `out_dir/<name>.safetensors`."""
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    superclass = (options.superclass or default_superclass(text)).lower()
+    path = names.output_path(out_dir, name, ".safetensors")
+    names.check_available(
+        [name], existing_names(out_dir, backend), backend.tokenize, overwrite=config.overwrite
+    )
+    plan = plan_concept(backend, text, name, superclass)
+    latents = build_latent_cache(
+        backend,
+        images,
+        config.resolution or backend.default_resolution,
+        flip=config.flip,
+        random_crops=config.random_crops,
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+    trainer = PerfusionTrainer(backend, plan, latents, config, options, covariance.factor())
+    result = trainer.run(callbacks)
+    if result.interrupted:
+        raise Interrupted(f"Stopped at step {result.steps} of {config.steps}; nothing was written.")
+    metadata = _metadata(plan, backend, config, result.steps) | {"covariance": covariance.corpus_id}
+    concept = trainer.concept(result.embeddings[name], metadata)
+    concept.save(path, overwrite=config.overwrite)
+    return PerfusionResult(
+        name=name,
+        superclass=superclass,
+        path=path,
+        size=concept.size(),
+        text=plan.text,
+        sentence=plan.sentence(),
+        losses=result.losses,
+        steps=result.steps,
+        seconds=time.perf_counter() - start,
+        rollbacks=result.rollbacks,
+    )
