@@ -10,7 +10,7 @@ from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from captinv.config import InvertConfig
+from captinv.config import InvertConfig, PerfusionOptions
 from captinv.errors import ImageError
 from captinv.webui import layout, requirements, schema
 from captinv.webui.auth import basic_auth, parse_credentials
@@ -20,7 +20,12 @@ def test_tab_layout_offers_every_option_with_config_defaults():
     blocks, tab = layout.build_tab({"steps": 150})
     controls = set(tab.options)
     expected = {f.name for f in dataclasses.fields(InvertConfig)} - set(layout.NOT_CONTROLS)
-    assert controls == expected
+    assert controls == expected | {f.name for f in dataclasses.fields(PerfusionOptions)}
+    assert tab.options["superclass"].value == "" and tab.options["beta"].value == PerfusionOptions().beta
+    assert tab.mode.value == next(iter(layout.MODES)) and set(layout.MODES.values()) == {
+        "invert",
+        "perfusion",
+    }
     assert tab.options["steps"].value == 150
     assert tab.options["learning_rate"].value == InvertConfig().learning_rate
     assert [c[0] for c in tab.options["templates"].choices] == ["object", "style", "none"]  # (label, value)
@@ -85,6 +90,10 @@ def test_the_routes_models_make_an_openapi_document():
     def invert(request: schema.InvertRequest):  # pragma: no cover - never called
         return None
 
+    @app.post("/perfusion", response_model=schema.PerfusionResponse)
+    def perfusion(request: schema.PerfusionRequest):  # pragma: no cover - never called
+        return None
+
     @app.post("/caption", response_model=schema.CaptionResponse)
     def caption(request: schema.CaptionRequest):  # pragma: no cover - never called
         return None
@@ -93,6 +102,12 @@ def test_the_routes_models_make_an_openapi_document():
     request_fields = document["components"]["schemas"]["InvertRequest"]["properties"]
     assert request_fields["init"]["type"] == "string" and request_fields["lr_schedule"]["type"] == "string"
     assert request_fields["steps"]["type"] == "integer" and "captioner" not in request_fields
+    perfusion_fields = document["components"]["schemas"]["PerfusionRequest"]["properties"]
+    assert perfusion_fields["superclass"]["type"] == "string" and perfusion_fields["beta"]["type"] == "number"
+    assert {"steps", "seed"} <= set(perfusion_fields)
+    request = schema.PerfusionRequest(image="x", steps=5, superclass="cat", tau=0.2)
+    assert schema.config_values(request) == {"steps": 5}
+    assert schema.config_values(request, PerfusionOptions) == {"superclass": "cat", "tau": 0.2}
     request = schema.InvertRequest(image="x", init="classify", lr_schedule="cosine")
     assert schema.config_values(request) == {"init": "classify", "lr_schedule": "cosine"}
 

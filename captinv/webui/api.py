@@ -1,4 +1,4 @@
-"""`POST /captinv/v1/invert` and `/captinv/v1/caption`, registered when the WebUI runs with --api.
+"""`POST /captinv/v1/invert`, `/captinv/v1/perfusion` and `/captinv/v1/caption`, registered when the WebUI runs with --api.
 
 Routes take the WebUI's queue lock, so a job never runs beside a txt2img
 request, and are protected by --api-auth exactly as the WebUI's own routes.
@@ -10,6 +10,7 @@ from fastapi import Depends, FastAPI, HTTPException
 from modules import shared
 from modules.call_queue import queue_lock
 
+from captinv.config import PerfusionOptions
 from captinv.errors import CaptinvError
 from captinv.webui import service
 from captinv.webui.auth import basic_auth, parse_credentials
@@ -19,6 +20,8 @@ from captinv.webui.schema import (
     CaptionResponse,
     InvertRequest,
     InvertResponse,
+    PerfusionRequest,
+    PerfusionResponse,
     config_values,
     decode_image,
 )
@@ -63,6 +66,25 @@ def invert_route(request: InvertRequest) -> InvertResponse:
     return _job("captinv-invert", work)
 
 
+def perfusion_route(request: PerfusionRequest) -> PerfusionResponse:
+    _check_source(request.source)
+
+    def work() -> PerfusionResponse:
+        image = decode_image(request.image)
+        options = config_values(request, PerfusionOptions)
+        result, _ = service.run_perfusion(
+            image, request.caption, request.name, config_values(request), options, request.source
+        )
+        beta = options.get("beta", PerfusionOptions().beta)
+        return PerfusionResponse(
+            **{k: v for k, v in result.to_dict().items() if k in PerfusionResponse.__fields__},
+            tag=service.perfusion_tag(result.name, beta),
+            caption=result.text,
+        )
+
+    return _job("captinv-perfusion", work)
+
+
 def caption_route(request: CaptionRequest) -> CaptionResponse:
     _check_source(request.source)
     return _job(
@@ -79,6 +101,9 @@ def on_app_started(_demo, app: FastAPI) -> None:
         extra["dependencies"] = [Depends(basic_auth(parse_credentials(shared.cmd_opts.api_auth)))]
     app.add_api_route(
         "/captinv/v1/invert", invert_route, methods=["POST"], response_model=InvertResponse, **extra
+    )
+    app.add_api_route(
+        "/captinv/v1/perfusion", perfusion_route, methods=["POST"], response_model=PerfusionResponse, **extra
     )
     app.add_api_route(
         "/captinv/v1/caption", caption_route, methods=["POST"], response_model=CaptionResponse, **extra

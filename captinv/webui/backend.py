@@ -26,6 +26,7 @@ from captinv.backends.base import (
     frozen_parameters,
 )
 from captinv.errors import UnsupportedModelError
+from captinv.perfusion import editing
 
 
 def check_supported() -> None:
@@ -47,6 +48,24 @@ def check_supported() -> None:
         raise UnsupportedModelError("Only Stable Diffusion 1.x, 2.x and SDXL checkpoints are supported.")
     if getattr(model, "is_sdxl", False) and len(getattr(model.conditioner, "embedders", [])) < 2:
         raise UnsupportedModelError("The SDXL refiner has no CLIP-L encoder; load an SDXL base model.")
+
+
+def _webui_vec(vectors: Vectors) -> torch.Tensor | dict[str, torch.Tensor]:
+    """An `Embedding.vec`: one tensor for SD1/SD2, the per-encoder dict for SDXL."""
+    return vectors["emb_params"] if "emb_params" in vectors else dict(vectors)
+
+
+def register_embedding(name: str, vectors: Vectors) -> Embedding:
+    """Make `name` in a prompt mean these vectors, without a file (until `unregister_embedding`)."""
+    embedding = Embedding(_webui_vec(vectors), name)
+    embedding.vectors = next(iter(vectors.values())).shape[0]
+    embedding.shape = sum(v.shape[1] for v in vectors.values())
+    sd_hijack.model_hijack.embedding_db.register_embedding_by_name(embedding, shared.sd_model, name)
+    return embedding
+
+
+def unregister_embedding(name: str) -> None:
+    sd_hijack.model_hijack.embedding_db.register_embedding_by_name(None, shared.sd_model, name)
 
 
 def _token_tables(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
@@ -128,12 +147,19 @@ class WebUIBackend(ModelBackend):
     def frozen_modules(self) -> Iterable[torch.nn.Module]:
         return [self.model]
 
+    def denoiser(self) -> torch.nn.Module:
+        return self.model.model.diffusion_model
+
+    def context(self, cond: Conditioning) -> torch.Tensor:
+        return cond["crossattn"] if isinstance(cond, dict) else cond
+
     def existing_names(self) -> set[str]:
         return set(self.db.word_embeddings) | set(self.db.skipped_embeddings)
 
     @contextmanager
     def training(self, gradient_checkpointing: bool) -> Iterator[None]:
         with ExitStack() as stack:
+            editing.remove(self.denoiser())  # left by a generation that failed before its deactivate
             stack.enter_context(frozen_parameters(self.frozen_modules()))
             stack.callback(self._unregister_all)
             if self.model.is_sdxl:
@@ -148,19 +174,15 @@ class WebUIBackend(ModelBackend):
     # -- helpers -------------------------------------------------------------------
 
     def _register(self, name: str, vectors: Vectors) -> None:
-        vec = vectors["emb_params"] if "emb_params" in vectors else dict(vectors)
         embedding = self._registered.get(name)
         if embedding is None:
-            embedding = Embedding(vec, name)
-            embedding.vectors = next(iter(vectors.values())).shape[0]
-            embedding.shape = sum(v.shape[1] for v in vectors.values())
-            self.db.register_embedding_by_name(embedding, self.model, name)
-            self._registered[name] = embedding
-        embedding.vec = vec
+            self._registered[name] = register_embedding(name, vectors)
+        else:
+            embedding.vec = _webui_vec(vectors)
 
     def _unregister_all(self) -> None:
         for name in self._registered:
-            self.db.register_embedding_by_name(None, self.model, name)
+            unregister_embedding(name)
         self._registered.clear()
 
     @contextmanager

@@ -16,7 +16,7 @@ from typing import Any
 
 import gradio as gr
 
-from captinv.config import InvertConfig
+from captinv.config import InvertConfig, PerfusionOptions
 
 SOURCE_CHOICES = {
     "BLIP caption (transformers)": "caption",
@@ -24,6 +24,7 @@ SOURCE_CHOICES = {
     "Image classifier label": "classify",
     "My own text": "text",
 }
+MODES = {"Caption inversion (embeddings)": "invert", "Perfusion concept (K/V edit)": "perfusion"}
 MAIN_OPTIONS = ("steps", "learning_rate", "templates")
 NOT_CONTROLS = ("init", "text", "name", "captioner", "classifier")
 
@@ -37,6 +38,7 @@ class TabComponents:
     source: Any
     name: Any
     options: dict[str, Any] = field(default_factory=dict)
+    mode: Any = None
     run: Any = None
     interrupt: Any = None
     chips: Any = None
@@ -49,15 +51,17 @@ def _label(name: str) -> str:
     return name.replace("_", " ").capitalize()
 
 
-def option_control(spec: dataclasses.Field, default: Any) -> Any:
+def option_control(spec: dataclasses.Field, default: Any, options: type = InvertConfig) -> Any:
     """A gradio control for one config field, with the field's help as its tooltip."""
-    hint = typing.get_type_hints(InvertConfig)[spec.name]
+    hint = typing.get_type_hints(options)[spec.name]
     base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
     common = {"label": _label(spec.name), "elem_id": f"captinv_{spec.name}", "info": spec.metadata["help"]}
     if spec.metadata.get("choices"):
         return gr.Radio(choices=list(spec.metadata["choices"]), value=default, **common)
     if base is bool:
         return gr.Checkbox(value=default, **common)
+    if base is str:
+        return gr.Textbox(value=default or "", **common)
     if spec.name == "steps":
         return gr.Slider(minimum=1, maximum=5000, step=1, value=default, **common)
     if spec.default is None:  # gradio sends an empty number as 0, which therefore means "automatic"
@@ -68,7 +72,11 @@ def option_control(spec: dataclasses.Field, default: Any) -> Any:
 
 def config_values(names: list[str], values: tuple[Any, ...]) -> dict[str, Any]:
     """The tab's option values as config values: empty or 0 in an optional field means its default."""
-    defaults = {spec.name: spec.default for spec in dataclasses.fields(InvertConfig)}
+    defaults = {
+        spec.name: spec.default
+        for options in (InvertConfig, PerfusionOptions)
+        for spec in dataclasses.fields(options)
+    }
     return {
         name: value
         for name, value in zip(names, values)
@@ -101,10 +109,20 @@ def build_tab(defaults: dict[str, Any] | None = None) -> tuple[gr.Blocks, TabCom
                 components = TabComponents(task_id, image, caption, recaption, source, name)
                 for key in MAIN_OPTIONS:
                     components.options[key] = option_control(specs[key], values[key])
+                components.mode = gr.Radio(
+                    choices=list(MODES), value=next(iter(MODES)), label="Train", elem_id="captinv_mode"
+                )
                 with gr.Accordion("Advanced", open=False):
                     for key, spec in specs.items():
                         if key not in MAIN_OPTIONS and key not in NOT_CONTROLS:
                             components.options[key] = option_control(spec, values[key])
+                with gr.Accordion("Perfusion", open=False, elem_id="captinv_perfusion"):
+                    gr.Markdown(
+                        "One concept word whose keys are locked to its superclass; use it in txt2img as "
+                        "`NAME <perfusion:NAME:β>` (β 0.6-0.75: local, lower: stronger)."
+                    )
+                    for spec in dataclasses.fields(PerfusionOptions):
+                        components.options[spec.name] = option_control(spec, spec.default, PerfusionOptions)
                 with gr.Row():
                     components.interrupt = gr.Button("Interrupt", elem_id="captinv_interrupt")
                     components.run = gr.Button("Invert", variant="primary", elem_id="captinv_run")

@@ -1,4 +1,4 @@
-"""Request and response models of the HTTP API, derived from `InvertConfig`.
+"""Request and response models of the HTTP API, derived from `InvertConfig` and `PerfusionOptions`.
 
 Works with pydantic 1 (the WebUI's fastapi 0.94) and 2. The API never takes a
 path: images come as base64, model ids for captioners come from the WebUI's
@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, Field, create_model
 
-from captinv.config import InvertConfig
+from captinv.config import InvertConfig, PerfusionOptions
 from captinv.errors import ImageError
 
 # Options a request may not set: server-side model locations (settings decide them).
@@ -34,11 +34,11 @@ def _value_type(hint: Any) -> Any:
     return str if typing.get_origin(hint) is typing.Literal else hint
 
 
-def _optional_fields() -> dict[str, Any]:
-    hints = typing.get_type_hints(InvertConfig)
+def _optional_fields(options: type = InvertConfig) -> dict[str, Any]:
+    hints = typing.get_type_hints(options)
     return {
         spec.name: (Optional[_value_type(hints[spec.name])], Field(None, description=spec.metadata["help"]))  # noqa: UP045
-        for spec in dataclasses.fields(InvertConfig)
+        for spec in dataclasses.fields(options)
         if spec.name not in SERVER_ONLY
     }
 
@@ -52,12 +52,17 @@ class CaptionResponse(BaseModel):
     caption: str
 
 
-InvertRequest = create_model(
-    "InvertRequest",
-    image=(str, Field(..., description="The photo, base64-encoded (a data: URL prefix is accepted).")),
-    caption=(Optional[str], Field(None, description="Init text; generated from the image when absent.")),  # noqa: UP045
-    source=(str, Field("caption", description=f"Where a missing caption comes from: {', '.join(SOURCES)}.")),
-    **_optional_fields(),
+_REQUEST_FIELDS: dict[str, Any] = {
+    "image": (str, Field(..., description="The photo, base64-encoded (a data: URL prefix is accepted).")),
+    "caption": (Optional[str], Field(None, description="Init text; generated from the image when absent.")),  # noqa: UP045
+    "source": (
+        str,
+        Field("caption", description=f"Where a missing caption comes from: {', '.join(SOURCES)}."),
+    ),
+}
+InvertRequest = create_model("InvertRequest", **_REQUEST_FIELDS, **_optional_fields())
+PerfusionRequest = create_model(
+    "PerfusionRequest", **_REQUEST_FIELDS, **_optional_fields(), **_optional_fields(PerfusionOptions)
 )
 
 
@@ -68,6 +73,19 @@ class InvertResponse(BaseModel):
     caption: str
     sentence: str
     files: list[str]
+    losses: list[float]
+    steps: int
+    seconds: float
+
+
+class PerfusionResponse(BaseModel):
+    name: str
+    superclass: str
+    tag: str  # what to add to a prompt, e.g. <perfusion:kitty:0.7>
+    caption: str
+    sentence: str  # the caption with the superclass word replaced by the concept's name
+    file: str
+    size_bytes: int
     losses: list[float]
     steps: int
     seconds: float
@@ -84,12 +102,12 @@ def decode_image(data: str) -> bytes:
         raise ImageError(f"'image' is not valid base64 ({err}).") from err
 
 
-def config_values(request: BaseModel) -> dict[str, Any]:
-    """The request's config options that were actually given."""
+def config_values(request: BaseModel, options: type = InvertConfig) -> dict[str, Any]:
+    """The request's options of one options dataclass that were actually given."""
     data = (
         request.dict()
         if hasattr(request, "dict") and not hasattr(request, "model_dump")
         else request.model_dump()
     )
-    known = {f.name for f in dataclasses.fields(InvertConfig)}
+    known = {f.name for f in dataclasses.fields(options)}
     return {key: value for key, value in data.items() if key in known and value is not None}

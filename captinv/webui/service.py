@@ -17,12 +17,15 @@ from PIL import Image
 
 from captinv import names
 from captinv.captioning import init_source
-from captinv.config import InvertConfig
+from captinv.config import InvertConfig, PerfusionOptions
 from captinv.errors import CaptionError
 from captinv.images import load_image
 from captinv.inversion import InvertResult, invert
+from captinv.perfusion.covariance import CovarianceCache
+from captinv.perfusion.training import PerfusionResult, text_covariance, train_concept
 from captinv.trainer import Callbacks, Progress
 from captinv.webui.backend import WebUIBackend, check_supported
+from captinv.webui.perfusion_network import TAG, concepts_dir
 from captinv.webui.settings import opt
 
 log = logging.getLogger(__name__)
@@ -90,10 +93,10 @@ def refresh_embeddings() -> None:
     processing.StableDiffusionProcessing.cached_uc = [None, None]
 
 
-def _preview(result: InvertResult, seed: int, resolution: int) -> Image.Image | None:
+def _preview(prompt: str, seed: int, resolution: int) -> Image.Image | None:
     p = processing.StableDiffusionProcessingTxt2Img(
         sd_model=shared.sd_model,
-        prompt=f"a photo of {result.combined_name}",
+        prompt=prompt,
         steps=opt("captinv_preview_steps"),
         width=resolution,
         height=resolution,
@@ -132,23 +135,86 @@ def _write_cards(result: InvertResult, photo: Image.Image, preview: Image.Image 
         _write_atomically(folder / f"{name}.description.txt", f"captinv: {result.sentence}\n".encode())
 
 
-def run_inversion(
-    image: Any, text: str | None, name: str | None, values: dict[str, Any], source: str = "caption"
-) -> tuple[InvertResult, Image.Image | None]:
+def _prepare(image: Any, text: str | None, source: str) -> tuple[Image.Image, str]:
     check_supported()
     photo = load_image(image)
     if not (text or "").strip():
         text = caption(photo, source)
+    return photo, text
+
+
+def _base(name: str | None) -> str:
+    return names.base_name(name) if (name or "").strip() else "captinv"
+
+
+def run_inversion(
+    image: Any, text: str | None, name: str | None, values: dict[str, Any], source: str = "caption"
+) -> tuple[InvertResult, Image.Image | None]:
+    photo, text = _prepare(image, text, source)
     config = _config(values, source, text)
     backend = WebUIBackend()
-    base = names.base_name(name) if (name or "").strip() else "captinv"
     result = invert(
-        backend, [photo], text, config, embeddings_dir(), base=base, callbacks=_state_callbacks(config.steps)
+        backend,
+        [photo],
+        text,
+        config,
+        embeddings_dir(),
+        base=_base(name),
+        callbacks=_state_callbacks(config.steps),
     )
     refresh_embeddings()
     preview = None
     if opt("captinv_preview"):
-        preview = _preview(result, config.seed, config.resolution or backend.default_resolution)
+        preview = _preview(
+            f"a photo of {result.combined_name}", config.seed, config.resolution or backend.default_resolution
+        )
     if opt("captinv_card_files"):
         _write_cards(result, photo, preview)
+    return result, preview
+
+
+def perfusion_tag(name: str, beta: float) -> str:
+    return f"<{TAG}:{name}:{beta:g}>"
+
+
+def run_perfusion(
+    image: Any,
+    text: str | None,
+    name: str | None,
+    values: dict[str, Any],
+    perfusion_values: dict[str, Any],
+    source: str = "caption",
+) -> tuple[PerfusionResult, Image.Image | None]:
+    """Train a concept into models/perfusion; the text-encoding covariance is estimated once per model."""
+    photo, text = _prepare(image, text, source)
+    config, options = _config(values, source, text), PerfusionOptions.from_mapping(perfusion_values)
+    backend = WebUIBackend()
+    callbacks = _state_callbacks(config.steps)
+
+    def covariance_progress(done: int, total: int) -> None:
+        shared.state.textinfo = f"captinv: text-encoding covariance, {done}/{total} prompts (once per model)"
+
+    covariance = text_covariance(
+        backend,
+        options,
+        CovarianceCache(concepts_dir() / "covariance"),
+        progress=covariance_progress,
+        should_stop=callbacks.should_stop,
+    )
+    result = train_concept(
+        backend,
+        [photo],
+        text,
+        config,
+        options,
+        concepts_dir(),
+        name=_base(name),
+        covariance=covariance,
+        callbacks=callbacks,
+    )
+    processing.StableDiffusionProcessing.cached_c = [None, None]
+    preview = None
+    if opt("captinv_preview"):
+        prompt = f"a photo of {result.sentence} {perfusion_tag(result.name, options.beta)}"
+        preview = _preview(prompt, config.seed, config.resolution or backend.default_resolution)
     return result, preview

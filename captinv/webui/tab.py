@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from modules import call_queue, shared
 
+from captinv.config import PerfusionOptions
 from captinv.errors import CaptinvError
 from captinv.webui import service
 from captinv.webui.layout import (
+    MODES,
     SOURCE_CHOICES,
     TabComponents,
     build_tab,
@@ -20,14 +23,25 @@ from captinv.webui.layout import (
 from captinv.webui.settings import opt
 
 TITLE = "Invert from Caption"
+PERFUSION_FIELDS = tuple(f.name for f in dataclasses.fields(PerfusionOptions))
 
 
 def _run(components: TabComponents):
     option_names = list(components.options)
 
-    def run(_task_id: str, image: Any, caption: str, source: str, name: str, *option_values: Any):
+    def run(_task_id: str, image: Any, caption: str, source: str, name: str, mode: str, *option_values: Any):
         values = config_values(option_names, option_values)
+        perfusion_values = {k: values.pop(k) for k in PERFUSION_FIELDS if k in values}
         try:
+            if MODES[mode] == "perfusion":
+                concept, preview = service.run_perfusion(
+                    image, caption, name, values, perfusion_values, SOURCE_CHOICES[source]
+                )
+                beta = perfusion_values.get("beta", PerfusionOptions().beta)
+                use = f"{concept.sentence} {service.perfusion_tag(concept.name, beta)}"
+                chips = chips_html(use, [], f"{concept.name} ({concept.superclass}), {concept.size}")
+                done = f"Done in {concept.seconds:.0f} s: {concept.path.name} written. Click to use it."
+                return chips, preview, loss_svg(concept.losses), message_html(done)
             result, preview = service.run_inversion(image, caption, name, values, SOURCE_CHOICES[source])
         except CaptinvError as err:
             return "", None, "", message_html(str(err), error=True)
@@ -46,7 +60,14 @@ def _caption(image: Any, source: str):
 
 
 def wire(components: TabComponents) -> None:
-    inputs = [components.task_id, components.image, components.caption, components.source, components.name]
+    inputs = [
+        components.task_id,
+        components.image,
+        components.caption,
+        components.source,
+        components.name,
+        components.mode,
+    ]
     outputs = [components.chips, components.preview, components.loss, components.info]
     components.run.click(
         fn=call_queue.wrap_gradio_gpu_call(_run(components), extra_outputs=["", None, ""]),

@@ -96,3 +96,38 @@ def test_interrupt_stops_the_run_and_writes_nothing(server):
     status, body = outcome["answer"]
     assert status == 409 and "nothing was written" in body["detail"]
     assert not list((server.data / "embeddings").glob("stopped-*"))
+
+
+def _txt2img_info(server, prompt: str) -> tuple[bytes, str]:
+    status, body = server.call(
+        "/sdapi/v1/txt2img",
+        {"prompt": prompt, "steps": 2, "width": 64, "height": 64, "seed": 11, "sampler_name": "Euler"},
+    )
+    assert status == 200, body
+    return base64.b64decode(body["images"][0]), body["info"]
+
+
+def _perfusion(server, name: str, caption: str):
+    body = {"image": _photo_b64(), "caption": caption, "name": name, "steps": 3, "resolution": 64}
+    return server.call("/captinv/v1/perfusion", body | {"covariance_prompts": 64})
+
+
+def test_perfusion_concepts_apply_with_their_tag_and_only_then(server):
+    prompt = "a photo of a tabby kitty and a puss"
+    stock = _txt2img(server, prompt)
+
+    status, kitty = _perfusion(server, "kitty", "a tabby cat")
+    assert status == 200, kitty
+    assert kitty["tag"] == "<perfusion:kitty:0.7>" and kitty["superclass"] == "cat"
+    assert kitty["sentence"] == "a tabby kitty" and kitty["size_bytes"] > 0
+    assert (server.data / "models" / "perfusion" / "kitty.safetensors").is_file()
+    assert _perfusion(server, "puss", "a cat")[0] == 200
+    assert _perfusion(server, "kitty", "a tabby cat")[0] == 409  # never overwritten unasked
+
+    one, info = _txt2img_info(server, f"{prompt} {kitty['tag']}")
+    assert one != stock and "Perfusion: kitty: 0.7" in info
+    stronger = _txt2img(server, f"{prompt} <perfusion:kitty:0.3>")
+    both = _txt2img(server, f"{prompt} <perfusion:kitty:0.7> <perfusion:puss>")
+    assert len({one, stronger, both}) == 3
+    # without the tag: the stock UNet and no concept word, bit for bit
+    assert _txt2img(server, prompt) == stock

@@ -1,0 +1,86 @@
+"""`<perfusion:NAME:BETA>` in a prompt: a concept's K/V edits for that generation only.
+
+Registered the way the built-in Lora network registers `<lora:...>`. Before
+each batch's conditioning the WebUI calls `activate` with this network's tags,
+or with none when the prompt has none, and `deactivate` at the end. Every
+`activate` first removes what the previous one installed, so a generation
+that failed before its `deactivate` cannot leave edits behind, and a prompt
+without the tag runs the stock UNet (a closed gate is not the identity, so
+"off" must mean unwrapped). While active, the concept's name is registered as
+a one-vector embedding, so the word in the prompt is the trained concept word.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from modules import extra_networks, paths, shared
+
+from captinv import names
+from captinv.errors import CaptinvError
+from captinv.perfusion import editing
+from captinv.perfusion.concept import PerfusionConcept
+from captinv.perfusion.errors import ConceptFileError
+from captinv.webui.backend import register_embedding, unregister_embedding
+
+log = logging.getLogger(__name__)
+TAG = "perfusion"
+
+
+def concepts_dir() -> Path:
+    return Path(paths.models_path) / "perfusion"
+
+
+class PerfusionNetwork(extra_networks.ExtraNetwork):
+    def __init__(self) -> None:
+        super().__init__(TAG)
+        self._registered: list[str] = []
+        self._cache: dict[Path, tuple[float, PerfusionConcept]] = {}
+
+    def load(self, name: str) -> PerfusionConcept:
+        """The concept file `models/perfusion/<name>.safetensors`, re-read when it changed on disk."""
+        path = names.output_path(concepts_dir(), names.base_name(name), ".safetensors")
+        if not path.is_file():
+            raise ConceptFileError(f"No Perfusion concept '{name}' in {concepts_dir()}.")
+        mtime = path.stat().st_mtime
+        cached = self._cache.get(path)
+        if cached is None or cached[0] != mtime:
+            self._cache[path] = (mtime, PerfusionConcept.load(path))
+        return self._cache[path][1]
+
+    def activate(self, p, params_list) -> None:
+        self._clear()
+        if not params_list:
+            return
+        try:
+            concepts, betas = [], []
+            for params in params_list:
+                concept = self.load(params.positional[0])
+                concepts.append(concept)
+                betas.append(float(params.positional[1]) if len(params.positional) > 1 else concept.beta)
+            editing.activate(shared.sd_model.model.diffusion_model, concepts, beta=betas)
+        except (CaptinvError, ValueError) as err:
+            log.warning("captinv: Perfusion not applied: %s", err)
+            p.comment(f"Perfusion not applied: {err}")
+            return
+        for concept in concepts:
+            register_embedding(concept.name, concept.embedding)
+            self._registered.append(concept.name)
+        p.extra_generation_params["Perfusion"] = ", ".join(
+            f"{concept.name}: {beta:g}" for concept, beta in zip(concepts, betas)
+        )
+
+    def deactivate(self, p) -> None:
+        self._clear()
+
+    def _clear(self) -> None:
+        if shared.sd_model is not None:
+            editing.remove(shared.sd_model.model.diffusion_model)
+        for name in self._registered:
+            unregister_embedding(name)
+        self._registered.clear()
+
+
+def register() -> None:
+    extra_networks.register_extra_network(PerfusionNetwork())
