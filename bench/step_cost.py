@@ -203,7 +203,7 @@ def measure_in_process(variant: str, pipe, size: int, batch: int, steps: int) ->
     """Set up one variant, run its first step, then time `steps` more one by one."""
     device = pipe.unet.device
     start = time.perf_counter()
-    with VARIANTS[variant](pipe, size, batch) as step:
+    with (VARIANTS | OPTIONAL)[variant](pipe, size, batch) as step:
         memory = _Memory(device)
         step()
         _sync(device)
@@ -320,7 +320,29 @@ def naive(pipe, size: int, batch: int) -> Iterator[Step]:
     yield step
 
 
+@contextmanager
+def perfusion(pipe, size: int, batch: int) -> Iterator[Step]:
+    """A Perfusion step: captinv's step plus the gated K/V edits of all 16 layers and their V targets."""
+    from captinv.backends.diffusers_backend import DiffusersBackend
+    from captinv.config import InvertConfig, PerfusionOptions
+    from captinv.latents import build_latent_cache
+    from captinv.perfusion.training import PerfusionTrainer, plan_concept, text_covariance
+
+    backend = DiffusersBackend(pipe)
+    config = InvertConfig(init="text", text=CAPTION, batch_size=batch, resolution=size, steps=10_000)
+    options = PerfusionOptions(covariance_prompts=64)  # setup only; the step's cost does not depend on it
+    covariance = text_covariance(backend, options, None)
+    plan = plan_concept(backend, CAPTION, "bench", "cat")
+    latents = build_latent_cache(
+        backend, [_photo(size)], size, flip=True, random_crops=0, generator=torch.Generator().manual_seed(0)
+    )
+    trainer = PerfusionTrainer(backend, plan, latents, config, options, covariance.factor())
+    with trainer.session():
+        yield trainer.step
+
+
 VARIANTS = {"floor": floor, "captinv": captinv, "naive": naive}
+OPTIONAL = {"perfusion": perfusion}  # measured with --perfusion, reported against captinv
 
 
 # -- orchestration -----------------------------------------------------------------
@@ -363,6 +385,11 @@ def measure(variant: str, size: int, batch: int, args: argparse.Namespace) -> Me
 def measure_all(args: argparse.Namespace) -> list[Measurement]:
     """Every variant at every size and batch, plus captinv's curve, in interleaved rounds."""
     jobs = [(v, size, batch) for size in args.sizes for batch in args.batches for v in VARIANTS]
+    jobs += (
+        [("perfusion", size, batch) for size in args.sizes for batch in args.batches]
+        if args.perfusion
+        else []
+    )
     jobs += [("captinv", args.sizes[0], b) for b in args.curve if b not in args.batches]
     results = []
     for round_ in range(args.repeats):
@@ -459,6 +486,9 @@ def ratios(rows: list[Row]) -> list[dict]:
                 "memory_naive_over_captinv": _ratio(other.peak_mb, ours.peak_mb),
             }
         )
+        if (extra := found.get(("perfusion", size, batch))) is not None:
+            table[-1]["time_perfusion_over_captinv"] = _ratio(extra.seconds_per_step, ours.seconds_per_step)
+            table[-1]["memory_perfusion_over_captinv"] = _ratio(extra.peak_mb, ours.peak_mb)
     return table
 
 
@@ -497,6 +527,12 @@ def render(summary: dict) -> str:
         f"{r['time_naive_over_captinv']:.2f} | {r['memory_naive_over_captinv']:.2f} |"
         for r in summary["ratios"]
     ]
+    lines += [
+        f"perfusion/captinv at {r['size']} px, batch {r['batch']}: time {r['time_perfusion_over_captinv']:.2f}, "
+        f"memory {r['memory_perfusion_over_captinv']:.2f}"
+        for r in summary["ratios"]
+        if "time_perfusion_over_captinv" in r
+    ]
     if summary["curve"]:
         points = ", ".join(f"{p['batch']}: {p['samples_per_second']:.3f}" for p in summary["curve"])
         lines += [
@@ -508,7 +544,7 @@ def render(summary: dict) -> str:
 
 def summary_of(results: list[Measurement], args: argparse.Namespace, load: tuple[float, ...]) -> dict:
     rows = summarise(results)
-    rows.sort(key=lambda r: (r.size, r.batch, list(VARIANTS).index(r.variant)))
+    rows.sort(key=lambda r: (r.size, r.batch, list(VARIANTS | OPTIONAL).index(r.variant)))
     kind = "tiny test pipeline" if args.tiny else "SD 1.5 sizes (UNet, CLIP-L text encoder, VAE)"
     after = os.getloadavg() if hasattr(os, "getloadavg") else ()
     return {
@@ -548,7 +584,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--worker", choices=list(VARIANTS), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--perfusion", action="store_true", help="also time a Perfusion step (reported as perfusion/captinv)"
+    )
+    parser.add_argument("--worker", choices=list(VARIANTS | OPTIONAL), help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

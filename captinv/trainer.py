@@ -104,7 +104,7 @@ class Trainer:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
 
     @contextmanager
-    def _session(self) -> Iterator[None]:
+    def session(self) -> Iterator[None]:
         """What a run changes on the host for its duration; a subclass adds its own changes."""
         with self.backend.training(self.config.gradient_checkpointing):
             yield
@@ -211,7 +211,7 @@ class Trainer:
         callbacks = callbacks or Callbacks()
         result = TrainResult(embeddings={})
         total = self.config.steps
-        with self._session():
+        with self.session():
             start = time.perf_counter()
             for step in range(1, total + 1):
                 if callbacks.should_stop and callbacks.should_stop():

@@ -114,25 +114,28 @@ def install(unet: nn.Module, source: EditSource) -> list[CrossAttentionLayer]:
     return layers
 
 
+def _wrapped(unet: nn.Module) -> Iterator[tuple[nn.Module, _EditedForward]]:
+    """Every wrapped projection, found by its wrapper: works on any UNet, even one `install` refuses."""
+    for module in unet.modules():
+        current = module.__dict__.get("forward")
+        if isinstance(current, _EditedForward):
+            yield module, current
+
+
 def remove(unet: nn.Module) -> int:
     """Unwrap every projection; returns how many were wrapped. Leaves no trace on the modules."""
     removed = 0
-    for _, _, module in _projections(cross_attention_layers(unet)):
-        current = module.__dict__.get("forward")
-        if isinstance(current, _EditedForward):
-            if current.inner is None:
-                del module.forward
-            else:
-                module.forward = current.inner
-            removed += 1
+    for module, current in list(_wrapped(unet)):
+        if current.inner is None:
+            del module.forward
+        else:
+            module.forward = current.inner
+        removed += 1
     return removed
 
 
 def is_installed(unet: nn.Module) -> bool:
-    return any(
-        isinstance(module.__dict__.get("forward"), _EditedForward)
-        for _, _, module in _projections(cross_attention_layers(unet))
-    )
+    return next(_wrapped(unet), None) is not None
 
 
 class ConceptSource:

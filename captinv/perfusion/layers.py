@@ -13,6 +13,7 @@ before `mid_block`, ldm does not.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from torch import nn
@@ -71,14 +72,37 @@ class CrossAttentionLayer:
         return self.to_k if kind == "k" else self.to_v
 
 
-def canonical_name(path: str) -> str:
+def ldm_table(channel_mult: Sequence[int], num_res_blocks: int | Sequence[int]) -> dict[str, str]:
+    """ldm/sgm attention-block paths -> diffusers ones, for any level count and res blocks per level.
+
+    openaimodel.py numbers input blocks 1.. with one extra per downsample and output blocks from 0,
+    one more per level than on the way down; diffusers numbers attentions per level. For the released
+    layouts this is `LDM_TO_DIFFUSERS`; smaller or custom UNets get their own table.
+    """
+    levels = len(channel_mult)
+    blocks = [num_res_blocks] * levels if isinstance(num_res_blocks, int) else list(num_res_blocks)
+    table, index = {"middle_block.1": "mid_block.attentions.0"}, 1
+    for level in range(levels):
+        for r in range(blocks[level]):
+            table[f"input_blocks.{index}.1"] = f"down_blocks.{level}.attentions.{r}"
+            index += 1
+        index += level != levels - 1  # the downsample
+    index = 0
+    for up, level in enumerate(reversed(range(levels))):
+        for r in range(blocks[level] + 1):
+            table[f"output_blocks.{index}.1"] = f"up_blocks.{up}.attentions.{r}"
+            index += 1
+    return table
+
+
+def canonical_name(path: str, table: Mapping[str, str] = LDM_TO_DIFFUSERS) -> str:
     """The diffusers-style name of the `attn2` module at `path` (any prefix, either naming)."""
     found = _DIFFUSERS.search(path)
     if found:
         return f"{found['block']}.{found['tail']}"
     found = _LDM.search(path)
-    if found and found["block"] in LDM_TO_DIFFUSERS:
-        return f"{LDM_TO_DIFFUSERS[found['block']]}.{found['tail']}"
+    if found and found["block"] in table:
+        return f"{table[found['block']]}.{found['tail']}"
     raise UnsupportedModelError(
         f"Cross-attention layer '{path}' is not in the SD1/SD2/SDXL layout Perfusion knows; "
         "this UNet cannot be edited."
@@ -100,13 +124,15 @@ def _order(name: str) -> tuple[int, ...]:
 def cross_attention_layers(unet: nn.Module) -> list[CrossAttentionLayer]:
     """Every cross-attention layer of `unet` (diffusers, ldm or sgm), in block order."""
     layers: dict[str, CrossAttentionLayer] = {}
+    channel_mult, res_blocks = getattr(unet, "channel_mult", None), getattr(unet, "num_res_blocks", None)
+    table = ldm_table(channel_mult, res_blocks) if channel_mult and res_blocks else LDM_TO_DIFFUSERS
     for path, module in unet.named_modules():
         if path.rsplit(".", 1)[-1] != "attn2":
             continue
         to_k, to_v = getattr(module, "to_k", None), getattr(module, "to_v", None)
         if not (isinstance(to_k, nn.Linear) and isinstance(to_v, nn.Linear)):
             raise UnsupportedModelError(f"'{path}' has no linear to_k/to_v; this UNet cannot be edited.")
-        name = canonical_name(path)
+        name = canonical_name(path, table)
         if name in layers:
             raise UnsupportedModelError(f"Two modules map to the layer name '{name}' (second: '{path}').")
         layers[name] = CrossAttentionLayer(name, to_k, to_v)

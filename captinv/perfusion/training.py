@@ -217,8 +217,8 @@ class PerfusionTrainer(Trainer):
         return [*super()._param_groups(), values]
 
     @contextmanager
-    def _session(self) -> Iterator[None]:
-        with super()._session():
+    def session(self) -> Iterator[None]:
+        with super().session():
             unet = self.backend.denoiser()
             if editing.is_installed(unet):
                 raise PerfusionError("Perfusion edits are already active on this UNet; remove them first.")

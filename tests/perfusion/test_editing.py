@@ -294,3 +294,17 @@ def test_knobs_are_checked(unet, concept):
     ):
         pass
     assert not is_installed(unet)
+
+
+def test_removing_works_on_a_unet_whose_layout_perfusion_refuses(unet, concept):
+    """The WebUI clears edits before every generation, on whatever model is loaded."""
+    from torch import nn
+
+    stranger = nn.Sequential(nn.Linear(2, 2))
+    assert remove(stranger) == 0 and not is_installed(stranger)
+    with applied(unet, concept):
+        holder = nn.Module()
+        holder.unet, holder.other = unet, stranger  # a layout cross_attention_layers would refuse
+        assert is_installed(holder)
+        assert remove(holder) == 2 * len(concept.v_targets)
+    assert not is_installed(unet)

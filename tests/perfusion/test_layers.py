@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from diffusers import UNet2DConditionModel
 from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 from torch import nn
 
@@ -13,6 +14,7 @@ from captinv.perfusion.layers import (
     canonical_name,
     cross_attention_layers,
     ldm_name,
+    ldm_table,
 )
 from tests.perfusion import models
 
@@ -124,8 +126,35 @@ def test_a_wrapped_unet_is_walked_through_its_prefix():
 def test_unknown_layouts_are_refused():
     with pytest.raises(UnsupportedModelError, match="no cross-attention"):
         cross_attention_layers(nn.Sequential(nn.Linear(2, 2)))
-    one_res_block = models.ldm_unet((8, 8), (1, 1), 1, 4, num_res_blocks=1)  # input_blocks.3.1 is not SD's
+    # without ldm's record of its layout, input_blocks.3.1 of a one-res-block tree is not SD's
+    one_res_block = models.ldm_unet((8, 8), (1, 1), 1, 4, num_res_blocks=1)
     with pytest.raises(UnsupportedModelError, match="input_blocks.3.1"):
         cross_attention_layers(one_res_block)
     with pytest.raises(UnsupportedModelError):
         ldm_name("down_blocks.7.attentions.0.transformer_blocks.0.attn2")
+
+
+def test_the_derived_table_reproduces_the_released_layouts():
+    derived = {"sd1": ldm_table([1, 2, 4, 4], 2), "sdxl": ldm_table([1, 2, 4], [2, 2, 2])}
+    for table in derived.values():
+        assert all(LDM_TO_DIFFUSERS[k] == v for k, v in table.items() if k in LDM_TO_DIFFUSERS)
+    assert set(LDM_TO_DIFFUSERS) <= set(derived["sd1"]) | set(derived["sdxl"])
+
+
+def test_a_custom_ldm_layout_maps_through_the_layout_it_records():
+    """ldm/sgm's UNetModel keeps channel_mult and num_res_blocks; a small test checkpoint's layout then maps."""
+    unet = models.ldm_unet((8, 8), (1, 1), 1, 4, num_res_blocks=1)
+    unet.channel_mult, unet.num_res_blocks = [1, 1], [1, 1]
+    twin = UNet2DConditionModel(
+        sample_size=8,
+        block_out_channels=(8, 8),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D",) * 2,
+        up_block_types=("CrossAttnUpBlock2D",) * 2,
+        cross_attention_dim=4,
+        attention_head_dim=2,
+        norm_num_groups=4,
+    )
+    names = [layer.name for layer in cross_attention_layers(unet)]
+    assert names == [layer.name for layer in cross_attention_layers(twin)]
+    assert "down_blocks.1.attentions.0.transformer_blocks.0.attn2" in names

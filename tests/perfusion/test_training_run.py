@@ -89,13 +89,13 @@ def test_a_run_lowers_the_loss_writes_a_concept_and_leaves_the_model_stock(
     )
     trainer = PerfusionTrainer(backend, plan, latents, config, OPTIONS, covariance.factor())
     draws = trainer.fixed_draws(8, seed=7)
-    with trainer._session():
+    with trainer.session():
         loss_before = trainer.evaluate(draws)
     initial_v = [v.detach().clone() for v in trainer.edit.v_targets]
 
     result = trainer.run()
 
-    with trainer._session():
+    with trainer.session():
         assert trainer.evaluate(draws) < loss_before
     assert all(not torch.equal(a, b) for a, b in zip(initial_v, trainer.edit.v_targets))
     assert not editing.is_installed(backend.denoiser())
