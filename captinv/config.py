@@ -135,7 +135,7 @@ class PerfusionOptions(_Options):
     superclass: str | None = _opt(
         None,
         "Super-category word the concept's keys are locked to, e.g. 'cat' (default: the init text's "
-        "last content word).",
+        "head noun).",
     )
     value_learning_rate: float = _opt(0.03, "Learning rate of the per-layer V targets.", minimum=0.0)
     beta: float = _opt(0.7, "Default inference gate bias stored with the concept (lower: stronger).")

@@ -3,15 +3,17 @@
 import dataclasses
 from pathlib import Path
 
-from captinv.config import InvertConfig
+from captinv.config import InvertConfig, PerfusionOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_readme_documents_every_option_with_its_default():
+def test_readme_documents_every_option_with_its_default_and_help():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    for spec in dataclasses.fields(InvertConfig):
-        assert f"| `--{spec.name.replace('_', '-')}` | `{spec.default}` |" in readme, spec.name
+    for options in (InvertConfig, PerfusionOptions):
+        for spec in dataclasses.fields(options):
+            row = f"| `--{spec.name.replace('_', '-')}` | `{spec.default}` | {spec.metadata['help']} |"
+            assert row in readme, spec.name
 
 
 def test_ci_runs_the_readme_test_command():

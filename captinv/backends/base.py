@@ -110,7 +110,9 @@ class ModelBackend(ABC):
 
     def denoiser(self) -> torch.nn.Module:
         """The UNet, whose cross-attention projections Perfusion wraps."""
-        raise UnsupportedModelError(f"{type(self).__name__} does not expose its UNet; Perfusion cannot edit it.")
+        raise UnsupportedModelError(
+            f"{type(self).__name__} does not expose its UNet; Perfusion cannot edit it."
+        )
 
     def context(self, cond: Conditioning) -> torch.Tensor:
         """The text encodings [B, N, d] that the UNet's cross-attention reads from `cond`."""

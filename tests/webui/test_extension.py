@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import threading
 import time
 
@@ -125,7 +126,9 @@ def test_perfusion_concepts_apply_with_their_tag_and_only_then(server):
     assert _perfusion(server, "kitty", "a tabby cat")[0] == 409  # never overwritten unasked
 
     one, info = _txt2img_info(server, f"{prompt} {kitty['tag']}")
-    assert one != stock and "Perfusion: kitty: 0.7" in info
+    assert one != stock
+    assert json.loads(info)["extra_generation_params"]["Perfusion"] == "kitty: 0.7"
+    assert 'Perfusion: "kitty: 0.7"' in json.loads(info)["infotexts"][0]
     stronger = _txt2img(server, f"{prompt} <perfusion:kitty:0.3>")
     both = _txt2img(server, f"{prompt} <perfusion:kitty:0.7> <perfusion:puss>")
     assert len({one, stronger, both}) == 3
