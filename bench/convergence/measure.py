@@ -28,6 +28,7 @@ from captinv.loss import diffusion_loss
 from captinv.trainer import Callbacks, Draws, Trainer
 
 _TABLE_SAMPLE = 4096  # token rows whose statistics random vectors are drawn from
+SCORED = ("colour", "shape", "size")
 _VOCAB = 49406  # every Stable Diffusion family uses CLIP's BPE: 49408 rows, the last two BOS/EOS
 
 
@@ -48,7 +49,7 @@ class Settings:
     score_at: tuple[int, ...] = (InvertConfig.steps,)  # steps at which to reconstruct (and at the end)
     images: int = 4  # generated per reconstruction
     sample_steps: int = 20
-    guidance: float = 4.0
+    guidance: float = 8.0
 
     def config(self, text: str, seed: int) -> InvertConfig:
         return InvertConfig(
@@ -182,8 +183,11 @@ def invert_curve(
 def detector_score(
     backend: ModelBackend, concept: Concept, settings: Settings, detect: Callable[[object], dict[str, str]]
 ) -> Scorer:
-    """Fraction of the concept's attributes that `detect` reads back from generated images."""
-    truth = concept.truth or {}
+    """Fraction of the concept's colour, shape and size that `detect` reads back from generated
+    images. Position is left out: the mini world's model does not place shapes where the caption
+    says (its own check finds the asked-for position about as often as chance), so it would only
+    add the same noise to every mode."""
+    truth = {key: value for key, value in (concept.truth or {}).items() if key in SCORED}
 
     def score(prompt: str, embeddings: dict[str, Vectors]) -> float:
         hits = 0

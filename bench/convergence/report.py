@@ -77,9 +77,11 @@ def plot(summary: dict, threshold: float, title: str, width: int = 960, height: 
     steps = summary[modes[0]]["steps"]
     low = min(min(summary[m]["gap_q25"]) for m in modes)
     high = max(max(summary[m]["gap_q75"]) for m in modes)
-    low, high = min(low, threshold) - 0.05, max(high, 1.0) + 0.05
+    # Above "no text" only the first steps of a wrong start are; they are clipped to keep the end readable.
+    low, high = min(low, threshold) - 0.05, min(max(high, 1.0), 1.25) + 0.05
 
     def xy(step: float, value: float) -> tuple[float, float]:
+        value = min(max(value, low), high)
         x = left + (width - left - right) * step / max(steps[-1], 1)
         y = top + (height - top - bottom) * (high - value) / (high - low)
         return x, y
