@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,23 +24,17 @@ from captinv.embedding_io import EmbeddingFile, write_embeddings
 from captinv.errors import Interrupted
 from captinv.init_vectors import WordPlan, plan_words
 from captinv.latents import build_latent_cache
-from captinv.trainer import Callbacks, Trainer, TrainResult
+from captinv.trainer import Callbacks, RunReport, Trainer, TrainResult
 
 EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
 
 
-@dataclass
-class InvertResult:
+@dataclass(kw_only=True)
+class InvertResult(RunReport):
     base: str
     combined_name: str
     word_names: list[str]
     files: list[Path]
-    text: str
-    sentence: str  # the init text with trained words replaced by their names
-    losses: list[float] = field(default_factory=list)
-    steps: int = 0
-    seconds: float = 0.0
-    rollbacks: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -48,13 +42,7 @@ class InvertResult:
             "combined_name": self.combined_name,
             "word_names": self.word_names,
             "files": [path.name for path in self.files],
-            "text": self.text,
-            "sentence": self.sentence,
-            "losses": self.losses,
-            "steps": self.steps,
-            "seconds": round(self.seconds, 2),
-            "rollbacks": self.rollbacks,
-        }
+        } | self._run_fields()
 
 
 def default_base(config: InvertConfig, first_image: str | Path | None) -> str:
@@ -168,15 +156,13 @@ def invert(
         raise Interrupted(f"Stopped at step {result.steps} of {config.steps}; nothing was written.")
     files = output_files(plan, result.embeddings, backend, config, result.steps, out_dir)
     write_embeddings(files, overwrite=config.overwrite)
-    return InvertResult(
+    return InvertResult.of_training(
+        result,
+        start,
         base=plan.base,
         combined_name=plan.combined_name,
         word_names=[w.name for w in plan.trainable],
         files=[f.path for f in files],
         text=plan.text,
         sentence=plan.sentence(),
-        losses=result.losses,
-        steps=result.steps,
-        seconds=time.perf_counter() - start,
-        rollbacks=result.rollbacks,
     )

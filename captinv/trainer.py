@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import torch
 
@@ -53,6 +54,44 @@ class TrainResult:
     steps: int = 0
     interrupted: bool = False
     rollbacks: int = 0
+
+
+ReportT = TypeVar("ReportT", bound="RunReport")
+
+
+@dataclass(kw_only=True)
+class RunReport:
+    """What a finished run tells the user whatever it trained, so the CLI, the tab and the API
+    show inversions and Perfusion concepts the same way. Keyword-only so each kind of run can add
+    its own required fields."""
+
+    text: str  # the init text
+    sentence: str  # the init text with the trained words replaced by their names
+    losses: list[float] = field(default_factory=list)
+    steps: int = 0
+    seconds: float = 0.0
+    rollbacks: int = 0
+
+    @classmethod
+    def of_training(cls: type[ReportT], result: TrainResult, started: float, **fields: Any) -> ReportT:
+        """The report of `result`, timed from `started` (a `time.perf_counter()` reading)."""
+        return cls(
+            losses=result.losses,
+            steps=result.steps,
+            seconds=time.perf_counter() - started,
+            rollbacks=result.rollbacks,
+            **fields,
+        )
+
+    def _run_fields(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "sentence": self.sentence,
+            "losses": self.losses,
+            "steps": self.steps,
+            "seconds": round(self.seconds, 2),
+            "rollbacks": self.rollbacks,
+        }
 
 
 @dataclass(frozen=True)

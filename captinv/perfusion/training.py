@@ -22,7 +22,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ from captinv.perfusion.layers import cross_attention_layers
 from captinv.perfusion.rank1 import ema_update, straight_through
 from captinv.perfusion.trainable import TrainableConcept
 from captinv.templates import templates_that_fit
-from captinv.trainer import Callbacks, Trainer
+from captinv.trainer import Callbacks, RunReport, Trainer
 
 _FINGERPRINT_PROMPT = "a photo of a cat on a red chair"
 _PHRASE_ENDS = frozenset(
@@ -73,18 +73,14 @@ _PHRASE_ENDS = frozenset(
 )
 
 
-@dataclass
-class PerfusionResult:
+@dataclass(kw_only=True)
+class PerfusionResult(RunReport):
+    """`sentence` has the superclass word replaced by the concept's name."""
+
     name: str
     superclass: str
     path: Path
     size: ConceptSize
-    text: str  # the init text
-    sentence: str  # the init text with the superclass word replaced by the concept's name
-    losses: list[float] = field(default_factory=list)
-    steps: int = 0
-    seconds: float = 0.0
-    rollbacks: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -92,13 +88,7 @@ class PerfusionResult:
             "superclass": self.superclass,
             "file": self.path.name,
             "size_bytes": self.size.total,
-            "text": self.text,
-            "sentence": self.sentence,
-            "losses": self.losses,
-            "steps": self.steps,
-            "seconds": round(self.seconds, 2),
-            "rollbacks": self.rollbacks,
-        }
+        } | self._run_fields()
 
 
 def default_superclass(text: str) -> str:
@@ -332,15 +322,13 @@ def train_concept(
     metadata = _metadata(plan, backend, config, result.steps) | {"covariance": covariance.corpus_id}
     concept = trainer.concept(result.embeddings[name], metadata)
     concept.save(path, overwrite=config.overwrite)
-    return PerfusionResult(
+    return PerfusionResult.of_training(
+        result,
+        start,
         name=name,
         superclass=superclass,
         path=path,
         size=concept.size(),
         text=plan.text,
         sentence=plan.sentence(),
-        losses=result.losses,
-        steps=result.steps,
-        seconds=time.perf_counter() - start,
-        rollbacks=result.rollbacks,
     )
