@@ -118,7 +118,7 @@ def _caption(args: argparse.Namespace) -> None:
     from captinv.captioning import init_source
     from captinv.images import load_images
 
-    print(init_source(_config(args)).describe(load_images([args.image])))
+    print(init_source(_config(args), first_image=args.image).describe(load_images([args.image])))
 
 
 def _progress_bar(total: int):
@@ -145,7 +145,7 @@ def _invert(args: argparse.Namespace) -> None:
     config = _config(args)
     images = load_images(args.images)
     backend = DiffusersBackend.load(args.model, device=args.device)
-    text = init_source(config, str(backend.device)).describe(images)
+    text = init_source(config, str(backend.device), args.images[0]).describe(images)
     print(f"init text: {text}", file=sys.stderr)
     result = invert(
         backend,
@@ -182,7 +182,7 @@ def _perfusion(args: argparse.Namespace) -> None:
     config, options = _config(args), _config(args, PerfusionOptions)
     images = load_images(args.images)
     backend = DiffusersBackend.load(args.model, device=args.device)
-    text = init_source(config, str(backend.device)).describe(images)
+    text = init_source(config, str(backend.device), args.images[0]).describe(images)
     print(f"init text: {text}", file=sys.stderr)
     covariance = text_covariance(backend, options, CovarianceCache(args.covariance_cache))
     result = train_concept(

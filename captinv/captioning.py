@@ -10,6 +10,7 @@ import gc
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -111,9 +112,32 @@ class PlainText:
         return self.text.strip()
 
 
-def init_source(config: InvertConfig, device: str = "cpu") -> InitSource:
+SIDECAR_MAX_BYTES = 4096  # a caption, not a document; larger files are not read
+
+
+def sidecar_caption(image: str | Path) -> Path | None:
+    """`<image>.txt` beside the image, the caption convention of the WebUI's own trainer and of
+    kohya's scripts, so a captioned dataset (or the mini world's examples) needs no captioner."""
+    path = Path(image).with_suffix(".txt")
+    return path if path.is_file() and path.stat().st_size <= SIDECAR_MAX_BYTES else None
+
+
+def init_source(
+    config: InvertConfig, device: str = "cpu", first_image: str | Path | None = None
+) -> InitSource:
+    """Typed text first; then, for caption init, a caption file beside the first image; then the
+    captioner or classifier the config names."""
     if config.text:
         return PlainText(config.text)
+    sidecar = sidecar_caption(first_image) if first_image is not None and config.init == "caption" else None
+    if sidecar is not None:
+        text = sidecar.read_text(encoding="utf-8", errors="replace").strip()
+        if not text:
+            raise CaptionError(
+                f"The caption file {sidecar.name} is empty: write the caption in it or delete it."
+            )
+        log.info("caption from %s", sidecar)
+        return PlainText(text)
     if config.init == "classify":
         return ImageClassifier(config.classifier, device)
     return BlipCaptioner(config.captioner, config.caption_beams, config.caption_max_tokens, device)

@@ -62,7 +62,8 @@ class InvertConfig(_Options):
 
     init: InitMode = _opt(
         "caption",
-        "Where the starting words come from: BLIP caption, a classifier's label, or --text.",
+        "Where the starting words come from: BLIP caption (or the image's .txt caption file), a classifier's "
+        "label, or --text.",
         choices=("caption", "classify", "text"),
     )
     text: str | None = _opt(

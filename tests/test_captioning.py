@@ -13,7 +13,7 @@ from transformers import (
     ViTImageProcessor,
 )
 
-from captinv.captioning import BlipCaptioner, ImageClassifier, PlainText, init_source
+from captinv.captioning import SIDECAR_MAX_BYTES, BlipCaptioner, ImageClassifier, PlainText, init_source
 from captinv.config import InvertConfig
 from captinv.errors import CaptionError, ModelLoadError
 
@@ -82,3 +82,23 @@ def test_source_selection():
     # an edited caption wins over any model
     assert init_source(InvertConfig(init="caption", text="my cat")).describe([]) == "my cat"
     assert isinstance(init_source(InvertConfig(init="text", text="*")), PlainText)
+
+
+def test_caption_file_beside_the_image_is_the_caption_unless_text_is_typed(tmp_path, chelsea):
+    image = tmp_path / "chelsea.png"
+    chelsea.save(image)
+    assert isinstance(init_source(InvertConfig(), first_image=image), BlipCaptioner)
+    (tmp_path / "chelsea.txt").write_text("a tabby cat on a table\n", encoding="utf-8")
+    assert init_source(InvertConfig(), first_image=image).describe([chelsea]) == "a tabby cat on a table"
+    assert init_source(InvertConfig(text="my cat"), first_image=image).describe([chelsea]) == "my cat"
+    # a classifier was asked for, so the caption file is not a substitute for it
+    assert isinstance(init_source(InvertConfig(init="classify"), first_image=image), ImageClassifier)
+
+
+def test_a_large_or_empty_caption_file_is_not_a_caption(tmp_path, chelsea):
+    image = tmp_path / "chelsea.png"
+    (tmp_path / "chelsea.txt").write_text("x" * (SIDECAR_MAX_BYTES + 1), encoding="utf-8")
+    assert isinstance(init_source(InvertConfig(), first_image=image), BlipCaptioner)
+    (tmp_path / "chelsea.txt").write_text("  \n", encoding="utf-8")
+    with pytest.raises(CaptionError, match="caption file chelsea.txt is empty"):
+        init_source(InvertConfig(), first_image=image)
