@@ -28,6 +28,38 @@ FLAGS = [
 ]
 
 
+def _fill_the_tab(page, server, photo) -> None:
+    """Open the tab, drop the photo, type a caption, 3 steps at 64 px."""
+    page.goto(server.url, timeout=120_000)
+    page.get_by_role("button", name="Invert from Caption").click()
+    page.set_input_files("#captinv_image input[type=file]", str(photo))
+    page.locator("#captinv_image img").first.wait_for()  # the upload is read before the run can send it
+    sync_api.expect(page.locator("#captinv_name textarea")).to_have_value(photo.stem)  # from the file name
+    page.fill("#captinv_caption textarea", "a tabby cat")
+    page.fill("#captinv_steps input[type=number]", "3")
+    page.locator("#captinv_steps input[type=number]").press("Enter")
+    page.get_by_text("Advanced", exact=True).click()
+    page.fill("#captinv_resolution input", "64")
+    page.locator("#captinv_resolution input").press("Enter")
+
+
+def _run_and_wait(page, tmp_path, screenshot: str) -> None:
+    page.click("#captinv_run")
+    page.wait_for_function(
+        "document.querySelector('#captinv_chips button') || document.querySelector('#captinv_info .error')",
+        timeout=600_000,
+    )
+    assert page.locator("#captinv_info .error").count() == 0, page.locator("#captinv_info").first.inner_text()
+    path = tmp_path / screenshot
+    page.screenshot(path=str(path), full_page=True)
+    print(f"screenshot: {path}")
+
+
+def _browser(playwright):
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+    return browser, browser.new_page(viewport={"width": 1400, "height": 1100})
+
+
 @pytest.mark.skipif(
     not CHROMIUM, reason="no Chromium binary (install Debian's chromium or set CAPTINV_CHROMIUM)"
 )
@@ -37,37 +69,41 @@ def test_invert_in_the_tab_then_send_a_name_to_txt2img(server, tmp_path):
     photo = tmp_path / "Kitty.png"
     Image.fromarray(np.asarray(data.chelsea())).save(photo)
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        page.goto(server.url, timeout=120_000)
-        page.get_by_role("button", name="Invert from Caption").click()
-        page.set_input_files("#captinv_image input[type=file]", str(photo))
-        page.locator("#captinv_image img").first.wait_for()  # the upload is read before the run can send it
-        sync_api.expect(page.locator("#captinv_name textarea")).to_have_value("Kitty")  # from the file name
-        page.fill("#captinv_caption textarea", "a tabby cat")
-        page.fill("#captinv_steps input[type=number]", "3")
-        page.locator("#captinv_steps input[type=number]").press("Enter")
-        page.get_by_text("Advanced", exact=True).click()
-        page.fill("#captinv_resolution input", "64")
-        page.locator("#captinv_resolution input").press("Enter")
-        page.click("#captinv_run")
-        chip = page.locator("#captinv_chips button.captinv-chip", has_text="kitty-all")
-        page.wait_for_function(
-            "document.querySelector('#captinv_chips button') || document.querySelector('#captinv_info .error')",
-            timeout=300_000,
-        )
-        assert page.locator("#captinv_info .error").count() == 0, page.locator(
-            "#captinv_info"
-        ).first.inner_text()
-        screenshot = tmp_path / "captinv-tab.png"
-        page.screenshot(path=str(screenshot), full_page=True)
-        print(f"screenshot: {screenshot}")
+        browser, page = _browser(playwright)
+        _fill_the_tab(page, server, photo)
+        _run_and_wait(page, tmp_path, "captinv-tab.png")
         assert page.locator("#captinv_chips button.captinv-chip").count() == 4
 
-        chip.click()
+        page.locator("#captinv_chips button.captinv-chip", has_text="kitty-all").click()
 
         prompt = page.locator("#txt2img_prompt textarea")
         sync_api.expect(prompt).to_have_value("kitty-all")
         assert prompt.is_visible()  # switched to the txt2img tab
         browser.close()
     assert (server.data / "embeddings" / "kitty-all.safetensors").is_file()
+
+
+@pytest.mark.skipif(
+    not CHROMIUM, reason="no Chromium binary (install Debian's chromium or set CAPTINV_CHROMIUM)"
+)
+def test_train_a_perfusion_concept_in_the_tab_and_send_its_prompt(server, tmp_path):
+    if server.family != "sd1":
+        pytest.skip("the page is the same for every family; SD1 covers it")
+    photo = tmp_path / "Tiger.png"
+    Image.fromarray(np.asarray(data.chelsea())).save(photo)
+    with sync_api.sync_playwright() as playwright:
+        browser, page = _browser(playwright)
+        _fill_the_tab(page, server, photo)
+        page.get_by_label("Perfusion concept (K/V edit)").check()
+        page.locator("#captinv_perfusion").get_by_text("Perfusion", exact=True).first.click()
+        page.fill("#captinv_covariance_prompts input", "32")
+        page.locator("#captinv_covariance_prompts input").press("Enter")
+        _run_and_wait(page, tmp_path, "captinv-perfusion.png")
+
+        page.locator("#captinv_chips button.captinv-chip").first.click()
+
+        sync_api.expect(page.locator("#txt2img_prompt textarea")).to_have_value(
+            "a tabby tiger <perfusion:tiger:0.7>"
+        )
+        browser.close()
+    assert (server.data / "models" / "perfusion" / "tiger.safetensors").is_file()
