@@ -83,4 +83,12 @@ class PerfusionNetwork(extra_networks.ExtraNetwork):
 
 
 def register() -> None:
-    extra_networks.register_extra_network(PerfusionNetwork())
+    """The tag, and its card page in Extra Networks (imported here: it needs the UI modules,
+    which are only ready by `on_before_ui`)."""
+    from modules import ui_extra_networks
+
+    from captinv.webui.perfusion_page import PerfusionPage
+
+    network = PerfusionNetwork()
+    extra_networks.register_extra_network(network)
+    ui_extra_networks.register_page(PerfusionPage(network))

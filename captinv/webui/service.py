@@ -126,13 +126,11 @@ def _png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def _write_cards(result: InvertResult, photo: Image.Image, preview: Image.Image | None) -> None:
-    """Extra Networks card files: the preview (combined name) or the photo, and the sentence."""
-    folder = result.files[0].parent
-    for name in [result.combined_name, *result.word_names]:
-        image = preview if preview and name == result.combined_name else photo
+def _write_cards(folder: Path, pictures: dict[str, Image.Image], description: str) -> None:
+    """Extra Networks card files, `<name>.preview.png` and `<name>.description.txt`, per name."""
+    for name, image in pictures.items():
         _write_atomically(folder / f"{name}.preview.png", _png(image))
-        _write_atomically(folder / f"{name}.description.txt", f"captinv: {result.sentence}\n".encode())
+        _write_atomically(folder / f"{name}.description.txt", f"{description}\n".encode())
 
 
 def _prepare(image: Any, text: str | None, source: str) -> tuple[Image.Image, str]:
@@ -169,7 +167,9 @@ def run_inversion(
             f"a photo of {result.combined_name}", config.seed, config.resolution or backend.default_resolution
         )
     if opt("captinv_card_files"):
-        _write_cards(result, photo, preview)
+        # the combined name's card shows what it generates; a word's card, the photo it came from
+        pictures = {name: photo for name in result.word_names} | {result.combined_name: preview or photo}
+        _write_cards(result.files[0].parent, pictures, f"captinv: {result.sentence}")
     return result, preview
 
 
@@ -217,4 +217,7 @@ def run_perfusion(
     if opt("captinv_preview"):
         prompt = f"a photo of {result.sentence} {perfusion_tag(result.name, options.beta)}"
         preview = _preview(prompt, config.seed, config.resolution or backend.default_resolution)
+    if opt("captinv_card_files"):
+        description = f"captinv Perfusion, keys locked to '{result.superclass}': {result.sentence}"
+        _write_cards(result.path.parent, {result.name: preview or photo}, description)
     return result, preview

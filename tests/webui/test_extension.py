@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import threading
@@ -124,6 +125,13 @@ def test_perfusion_concepts_apply_with_their_tag_and_only_then(server):
     assert (server.data / "models" / "perfusion" / "kitty.safetensors").is_file()
     assert _perfusion(server, "puss", "a cat")[0] == 200
     assert _perfusion(server, "kitty", "a tabby cat")[0] == 409  # never overwritten unasked
+    # its Extra Networks card adds the tag and the concept word, like a Lora card its activation text
+    folder = server.data / "models" / "perfusion"
+    assert (folder / "kitty.preview.png").is_file() and (folder / "kitty.description.txt").is_file()
+    status, card = server.call("/sd_extra_networks/get-single-card?page=perfusion&tabname=txt2img&name=kitty")
+    assert status == 200, card
+    assert "cardClicked('txt2img', \"<perfusion:kitty:0.7> kitty\"" in html.unescape(card["html"]), card
+    assert "kitty.preview.png" in card["html"], card
 
     one, info = _txt2img_info(server, f"{prompt} {kitty['tag']}")
     assert one != stock

@@ -1,0 +1,79 @@
+"""The "Perfusion" tab of Extra Networks: a card per concept in models/perfusion.
+
+Clicking a card adds `<perfusion:NAME:BETA> NAME` to the prompt, the way a Lora card adds
+its tag and activation text: the tag installs the edits and the name is the concept word
+they are keyed to, so the card alone makes a working prompt. A second click removes both
+(the WebUI's card script treats the text after a tag as the tag's own).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from modules import shared, ui_extra_networks
+from modules.ui_extra_networks import quote_js
+
+from captinv.errors import CaptinvError
+from captinv.perfusion.layers import cross_attention_layers
+from captinv.webui.perfusion_network import TAG, PerfusionNetwork, concepts_dir
+
+
+def card_prompt(name: str, beta: float) -> str:
+    return f"<{TAG}:{name}:{beta:g}> {name}"
+
+
+class PerfusionPage(ui_extra_networks.ExtraNetworksPage):
+    def __init__(self, network: PerfusionNetwork) -> None:
+        super().__init__("Perfusion")
+        self.network = network  # shares its cache of loaded concept files
+
+    def refresh(self) -> None:
+        """Nothing to rescan: `list_items` reads the folder each time."""
+
+    def create_item(
+        self, name: str, index: int | None = None, enable_filter: bool = True
+    ) -> dict[str, Any] | None:
+        try:
+            concept = self.network.load(name)
+        except (CaptinvError, OSError):
+            return None
+        if enable_filter and concept.context_dim != _model_context_dim():
+            return None  # trained for another model family; it would only be refused
+        path = concepts_dir() / f"{name}.safetensors"
+        stem = str(path.with_suffix(""))
+        return {
+            "name": name,
+            "filename": str(path),
+            "preview": self.find_preview(stem),
+            "description": self.find_description(stem)
+            or f"Perfusion concept, keys locked to '{concept.superclass}'",
+            "search_terms": [self.search_terms_from_path(str(path)), concept.superclass],
+            "prompt": quote_js(card_prompt(concept.name, concept.beta)),
+            "local_preview": f"{stem}.preview.{shared.opts.samples_format}",
+            "sort_keys": {"default": index, **self.get_sort_keys(str(path))},
+        }
+
+    def list_items(self) -> Iterator[dict[str, Any]]:
+        folder = concepts_dir()
+        paths = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+        for index, path in enumerate(paths):
+            item = self.create_item(path.stem, index)
+            if item is not None:
+                yield item
+
+    def allowed_directories_for_previews(self) -> list[str]:
+        return [str(concepts_dir())]
+
+
+def _model_context_dim() -> int | None:
+    """The loaded UNet's cross-attention width; None (show every card) when it cannot be read,
+    e.g. while a generation has its layers wrapped."""
+    model = shared.sd_model
+    if model is None:
+        return None
+    try:
+        layers = cross_attention_layers(model.model.diffusion_model)
+    except CaptinvError:
+        return None
+    return layers[0].context_dim if layers else None
