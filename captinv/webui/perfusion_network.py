@@ -32,6 +32,12 @@ def concepts_dir() -> Path:
     return Path(paths.models_path) / "perfusion"
 
 
+def covariance_dir() -> Path:
+    """Beside the concepts, not inside: Extra Networks shows every subfolder of a card page's
+    folder as a filter button, and the cache holds no cards."""
+    return Path(paths.models_path) / "perfusion-covariance"
+
+
 class PerfusionNetwork(extra_networks.ExtraNetwork):
     def __init__(self) -> None:
         super().__init__(TAG)

@@ -25,7 +25,7 @@ from captinv.perfusion.covariance import CovarianceCache
 from captinv.perfusion.training import PerfusionResult, text_covariance, train_concept
 from captinv.trainer import Callbacks, Progress
 from captinv.webui.backend import WebUIBackend, check_supported
-from captinv.webui.perfusion_network import TAG, concepts_dir
+from captinv.webui.perfusion_network import TAG, concepts_dir, covariance_dir
 from captinv.webui.settings import opt
 
 log = logging.getLogger(__name__)
@@ -197,7 +197,7 @@ def run_perfusion(
     covariance = text_covariance(
         backend,
         options,
-        CovarianceCache(concepts_dir() / "covariance"),
+        CovarianceCache(covariance_dir()),
         progress=covariance_progress,
         should_stop=callbacks.should_stop,
     )

@@ -4,20 +4,11 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import threading
 import time
 
-import numpy as np
-from PIL import Image
-from skimage import data
-
-
-def _photo_b64() -> str:
-    buffer = io.BytesIO()
-    Image.fromarray(np.asarray(data.chelsea())).save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
+from tests.webui.photo import chelsea_b64
 
 
 def _txt2img(server, prompt: str) -> bytes:
@@ -31,7 +22,7 @@ def _txt2img(server, prompt: str) -> bytes:
 
 def _invert(server, name: str, **options):
     body = {
-        "image": _photo_b64(),
+        "image": chelsea_b64(),
         "caption": "a tabby cat",
         "name": name,
         "steps": 4,
@@ -78,7 +69,7 @@ def test_bad_input_gets_a_4xx_with_a_message(server):
     status, body = server.call("/captinv/v1/invert", {"image": "not base64!", "caption": "x"})
     assert status == 400 and "base64" in body["detail"]
     status, body = server.call(
-        "/captinv/v1/invert", {"image": _photo_b64(), "caption": "cat " * 80, "name": "long"}
+        "/captinv/v1/invert", {"image": chelsea_b64(), "caption": "cat " * 80, "name": "long"}
     )
     assert status == 400 and "at most 75" in body["detail"]
 
@@ -110,7 +101,7 @@ def _txt2img_info(server, prompt: str) -> tuple[bytes, str]:
 
 
 def _perfusion(server, name: str, caption: str):
-    body = {"image": _photo_b64(), "caption": caption, "name": name, "steps": 3, "resolution": 64}
+    body = {"image": chelsea_b64(), "caption": caption, "name": name, "steps": 3, "resolution": 64}
     return server.call("/captinv/v1/perfusion", body | {"covariance_prompts": 64})
 
 
@@ -128,6 +119,9 @@ def test_perfusion_concepts_apply_with_their_tag_and_only_then(server):
     # its Extra Networks card adds the tag and the concept word, like a Lora card its activation text
     folder = server.data / "models" / "perfusion"
     assert (folder / "kitty.preview.png").is_file() and (folder / "kitty.description.txt").is_file()
+    # no subfolder, which the card page would show as a filter button; the covariance is cached beside it
+    assert [p.name for p in folder.iterdir() if p.is_dir()] == []
+    assert list((server.data / "models" / "perfusion-covariance").glob("*.safetensors"))
     status, card = server.call("/sd_extra_networks/get-single-card?page=perfusion&tabname=txt2img&name=kitty")
     assert status == 200, card
     assert "cardClicked('txt2img', \"<perfusion:kitty:0.7> kitty\"" in html.unescape(card["html"]), card

@@ -1,4 +1,5 @@
-"""The tab as a person uses it, in headless Chromium: drop a photo, invert, click a name chip.
+"""The tab as a person uses it, in headless Chromium: drop a photo, invert, click a name chip;
+and a Perfusion card in txt2img's Extra Networks.
 
 Needs Playwright (`pip install playwright`) and a Chromium binary (Debian's `chromium`, or
 CAPTINV_CHROMIUM); skipped with the reason when either is missing. The screenshot is saved in
@@ -8,12 +9,12 @@ the test's temporary folder and its path printed.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
-import numpy as np
 import pytest
-from PIL import Image
-from skimage import data
+
+from tests.webui.photo import chelsea, chelsea_b64
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
 CHROMIUM = os.environ.get("CAPTINV_CHROMIUM") or shutil.which("chromium")
@@ -67,7 +68,7 @@ def test_invert_in_the_tab_then_send_a_name_to_txt2img(server, tmp_path):
     if server.family != "sd1":
         pytest.skip("the page is the same for every family; SD1 covers it")
     photo = tmp_path / "Kitty.png"
-    Image.fromarray(np.asarray(data.chelsea())).save(photo)
+    chelsea().save(photo)
     with sync_api.sync_playwright() as playwright:
         browser, page = _browser(playwright)
         _fill_the_tab(page, server, photo)
@@ -90,7 +91,7 @@ def test_train_a_perfusion_concept_in_the_tab_and_send_its_prompt(server, tmp_pa
     if server.family != "sd1":
         pytest.skip("the page is the same for every family; SD1 covers it")
     photo = tmp_path / "Tiger.png"
-    Image.fromarray(np.asarray(data.chelsea())).save(photo)
+    chelsea().save(photo)
     with sync_api.sync_playwright() as playwright:
         browser, page = _browser(playwright)
         _fill_the_tab(page, server, photo)
@@ -107,3 +108,31 @@ def test_train_a_perfusion_concept_in_the_tab_and_send_its_prompt(server, tmp_pa
         )
         browser.close()
     assert (server.data / "models" / "perfusion" / "tiger.safetensors").is_file()
+
+
+@pytest.mark.skipif(
+    not CHROMIUM, reason="no Chromium binary (install Debian's chromium or set CAPTINV_CHROMIUM)"
+)
+def test_a_perfusion_card_in_extra_networks_adds_its_tag_and_word(server, tmp_path):
+    if server.family != "sd1":
+        pytest.skip("the page is the same for every family; SD1 covers it")
+    body = {"image": chelsea_b64(), "caption": "a cat", "name": "stripes", "steps": 3, "resolution": 64}
+    status, answer = server.call("/captinv/v1/perfusion", body | {"covariance_prompts": 32})
+    assert status == 200, answer
+    with sync_api.sync_playwright() as playwright:
+        browser, page = _browser(playwright)
+        page.goto(server.url, timeout=120_000)
+        page.locator("#txt2img_extra_tabs button", has_text="Perfusion").first.click()
+        page.click("#txt2img_perfusion_extra_refresh")  # the concept is newer than the page
+        card = page.locator('#txt2img_perfusion_cards_html .card[data-name="stripes"]')
+        card.wait_for(timeout=120_000)
+        page.screenshot(path=str(tmp_path / "perfusion-cards.png"), full_page=True)
+
+        card.click()
+
+        prompt = page.locator("#txt2img_prompt textarea")
+        # the WebUI puts its separator (a space) before what a card adds, even to an empty prompt
+        sync_api.expect(prompt).to_have_value(re.compile(r"^\s*<perfusion:stripes:0\.7> stripes$"))
+        card.click()  # a second click takes tag and word out again
+        sync_api.expect(prompt).to_have_value(re.compile(r"^\s*$"))
+        browser.close()
