@@ -28,7 +28,10 @@ TEXT_CONFIG = {
 }
 
 
-def prepare_clip_cache(hf_home: Path) -> Path:
+FULL_TEXT = {"intermediate_size": 3072, "num_hidden_layers": 12}  # CLIP-L's real depth, for timing
+
+
+def prepare_clip_cache(hf_home: Path, full: bool = False) -> Path:
     repo = hf_home / "hub" / "models--openai--clip-vit-large-patch14"
     snapshot = repo / "snapshots" / REVISION
     write_clip_tokenizer_files(snapshot)
@@ -48,7 +51,7 @@ def prepare_clip_cache(hf_home: Path) -> Path:
         "architectures": ["CLIPModel"],
         "model_type": "clip",
         "projection_dim": 768,
-        "text_config": TEXT_CONFIG | {"model_type": "clip_text_model"},
+        "text_config": TEXT_CONFIG | (FULL_TEXT if full else {}) | {"model_type": "clip_text_model"},
         "vision_config": {
             "hidden_size": 64,
             "intermediate_size": 64,

@@ -5,9 +5,9 @@ Runs with the WebUI's own Python (it imports ldm/sgm from the WebUI's repositori
     <webui>/venv/bin/python tests/webui/make_tiny_checkpoint.py --webui <webui> --family sd1|sdxl --out DIR/NAME
 
 The yaml is the WebUI's own inference config with small widths (a `<checkpoint>.yaml` beside
-a checkpoint is what the WebUI loads it with). Layers ldm initialises to zero get small random
-values and normalisation layers non-trivial ones, or prompts and embeddings would change
-nothing. The CLIP-L text encoder is built from the Hugging Face cache the caller prepared
+a checkpoint is what the WebUI loads it with); `--full` keeps SD1's real sizes, for timing.
+Layers ldm initialises to zero get small random values and normalisation layers non-trivial
+ones, or prompts and embeddings would change nothing. The CLIP-L text encoder is built from the Hugging Face cache the caller prepared
 (`prepare_clip_cache`), so its width (768) and tokenizer are the real ones. For SDXL, a tiny
 1280-wide open_clip text model config is registered in the WebUI venv's open_clip package
 (`captinv-tiny-bigG.json`): the only file written outside the output folder.
@@ -33,13 +33,17 @@ TINY_BIGG = {
 TINY_VAE = {"ch": 32, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 1, "attn_resolutions": []}
 
 
-def _config(webui: Path, family: str):
+def _config(webui: Path, family: str, full: bool):
     if family == "sd1":
         config = OmegaConf.load(webui / "configs" / "v1-inference.yaml")
+        if full:
+            return config
         unet = config.model.params.unet_config.params
         unet.update(TINY_UNET | {"num_heads": -1, "num_head_channels": 16})
         config.model.params.first_stage_config.params.ddconfig.update(TINY_VAE)
         return config
+    if full:
+        raise SystemExit("--full is for SD1 only (an SDXL-size random model does not fit a CPU benchmark)")
     config = OmegaConf.load(
         webui / "repositories" / "generative-models" / "configs" / "inference" / "sd_xl_base.yaml"
     )
@@ -81,6 +85,11 @@ def main() -> None:
     parser.add_argument("--webui", type=Path, required=True)
     parser.add_argument("--family", choices=("sd1", "sdxl"), required=True)
     parser.add_argument("--out", type=Path, required=True, help="path without extension")
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="SD1 at its real sizes (random weights, for timing; needs a full CLIP cache)",
+    )
     args = parser.parse_args()
     for repo in ("stable-diffusion-stability-ai", "generative-models"):
         sys.path.insert(0, str(args.webui / "repositories" / repo))
@@ -93,7 +102,7 @@ def main() -> None:
     )
     if args.family == "sdxl":
         install_open_clip_config()
-    config = _config(args.webui, args.family)
+    config = _config(args.webui, args.family, args.full)
     torch.manual_seed(0)
     model = instantiate_from_config(config.model)
     _randomise(model, torch.Generator().manual_seed(0))

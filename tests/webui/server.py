@@ -1,0 +1,134 @@
+"""Start a real WebUI offline on the CPU with captinv installed as "Install from URL" does.
+
+Used by the WebUI-tier tests (tests/webui/conftest.py) and by `bench.webui_trainer`. Everything
+it creates (checkpoint, Hugging Face cache, data dir with extensions/ and embeddings/) lives in
+the folder it is given; the WebUI checkout itself is not modified. The extension is a `git
+clone` of this repository's committed HEAD.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.webui.clip_cache import prepare_clip_cache
+
+ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT = 600
+WIDTHS = {"sd1": 768, "sdxl": 768 + 1280}  # the WebUI's embedding "shape" per family
+
+
+class StartError(RuntimeError):
+    pass
+
+
+@dataclass
+class Server:
+    family: str
+    url: str
+    data: Path
+    log: Path
+
+    @property
+    def width(self) -> int:
+        return WIDTHS[self.family]
+
+    def call(self, path: str, body: dict | None = None, timeout: float = 900) -> tuple[int, dict]:
+        request = urllib.request.Request(
+            self.url + path,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.status, json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read() or b"{}")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def webui_python(webui: Path) -> str:
+    return os.environ.get("CAPTINV_WEBUI_PYTHON", str(webui / "venv" / "bin" / "python"))
+
+
+@contextmanager
+def start_webui(
+    webui: Path, family: str, folder: Path, full: bool = False, flags: Sequence[str] = ()
+) -> Iterator[Server]:
+    """A running WebUI on a random-weight `family` checkpoint (tiny, or SD1's real sizes when
+    `full`), bound to loopback, with `flags` added to its command line; stopped on exit."""
+    python = webui_python(webui)
+    env = os.environ | {
+        "HF_HOME": str(prepare_clip_cache(folder / "hf", full=full)),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("PYTHONPATH", None)
+    checkpoint = folder / "models" / f"{'full' if full else 'tiny'}-{family}"
+    command = [python, str(ROOT / "tests" / "webui" / "make_tiny_checkpoint.py")]
+    command += ["--webui", str(webui), "--family", family, "--out", str(checkpoint)] + (
+        ["--full"] if full else []
+    )
+    subprocess.run(command, cwd=webui, env=env, check=True, capture_output=True)
+    data = folder / "data"
+    (data / "embeddings").mkdir(parents=True)
+    # Live previews would download the approximate-VAE weights during sampling; there is no network.
+    (data / "config.json").write_text(json.dumps({"live_previews_enable": False}))
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(data / "extensions" / "captinv")], check=True)
+    port = _free_port()
+    log = folder / "webui.log"
+    command = [
+        python,
+        "launch.py",
+        *flags,
+        "--skip-prepare-environment",
+        "--skip-install",
+        "--skip-torch-cuda-test",
+        "--skip-version-check",
+        "--no-download-sd-model",
+        "--use-cpu",
+        "all",
+        "--no-half",
+        "--precision",
+        "full",
+        "--api",
+        "--data-dir",
+        str(data),
+        "--ckpt",
+        str(checkpoint.with_suffix(".safetensors")),
+        "--port",
+        str(port),
+    ]
+    with log.open("w") as out:
+        process = subprocess.Popen(command, cwd=webui, env=env, stdout=out, stderr=subprocess.STDOUT)
+    server = Server(family, f"http://127.0.0.1:{port}", data, log)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                if server.call("/sdapi/v1/sd-models", timeout=5)[0] == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(2)
+        else:
+            raise StartError(f"the WebUI did not start; see {log}:\n{log.read_text()[-3000:]}")
+        yield server
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
