@@ -32,6 +32,12 @@ def concepts_dir() -> Path:
     return Path(paths.models_path) / "perfusion"
 
 
+def concept_path(name: str) -> Path:
+    """Where the concept a prompt or a card names lives; the name is made safe first, so it can
+    only ever point inside the concepts folder."""
+    return names.output_path(concepts_dir(), names.base_name(name), ".safetensors")
+
+
 def covariance_dir() -> Path:
     """Beside the concepts, not inside: Extra Networks shows every subfolder of a card page's
     folder as a filter button, and the cache holds no cards."""
@@ -46,7 +52,7 @@ class PerfusionNetwork(extra_networks.ExtraNetwork):
 
     def load(self, name: str) -> PerfusionConcept:
         """The concept file `models/perfusion/<name>.safetensors`, re-read when it changed on disk."""
-        path = names.output_path(concepts_dir(), names.base_name(name), ".safetensors")
+        path = concept_path(name)
         if not path.is_file():
             raise ConceptFileError(f"No Perfusion concept '{name}' in {concepts_dir()}.")
         mtime = path.stat().st_mtime

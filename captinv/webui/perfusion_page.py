@@ -16,7 +16,7 @@ from modules.ui_extra_networks import quote_js
 
 from captinv.errors import CaptinvError
 from captinv.perfusion.layers import cross_attention_layers
-from captinv.webui.perfusion_network import TAG, PerfusionNetwork, concepts_dir
+from captinv.webui.perfusion_network import TAG, PerfusionNetwork, concept_path, concepts_dir
 
 
 def card_prompt(name: str, beta: float) -> str:
@@ -40,7 +40,7 @@ class PerfusionPage(ui_extra_networks.ExtraNetworksPage):
             return None
         if enable_filter and concept.context_dim != _model_context_dim():
             return None  # trained for another model family; it would only be refused
-        path = concepts_dir() / f"{name}.safetensors"
+        path = concept_path(name)
         stem = str(path.with_suffix(""))
         return {
             "name": name,
