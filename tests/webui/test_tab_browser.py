@@ -56,83 +56,69 @@ def _run_and_wait(page, tmp_path, screenshot: str) -> None:
     print(f"screenshot: {path}")
 
 
-def _browser(playwright):
-    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-    return browser, browser.new_page(viewport={"width": 1400, "height": 1100})
-
-
-@pytest.mark.skipif(
-    not CHROMIUM, reason="no Chromium binary (install Debian's chromium or set CAPTINV_CHROMIUM)"
-)
-def test_invert_in_the_tab_then_send_a_name_to_txt2img(server, tmp_path):
+@pytest.fixture
+def page(server):
+    """A headless Chromium page, for SD1 only: the page is the same for every family."""
+    if not CHROMIUM:
+        pytest.skip("no Chromium binary (install Debian's chromium or set CAPTINV_CHROMIUM)")
     if server.family != "sd1":
         pytest.skip("the page is the same for every family; SD1 covers it")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            yield browser.new_page(viewport={"width": 1400, "height": 1100})
+        finally:
+            browser.close()
+
+
+def test_invert_in_the_tab_then_send_a_name_to_txt2img(server, page, tmp_path):
     photo = tmp_path / "Kitty.png"
     chelsea().save(photo)
-    with sync_api.sync_playwright() as playwright:
-        browser, page = _browser(playwright)
-        _fill_the_tab(page, server, photo)
-        _run_and_wait(page, tmp_path, "captinv-tab.png")
-        assert page.locator("#captinv_chips button.captinv-chip").count() == 4
+    _fill_the_tab(page, server, photo)
+    _run_and_wait(page, tmp_path, "captinv-tab.png")
+    assert page.locator("#captinv_chips button.captinv-chip").count() == 4
 
-        page.locator("#captinv_chips button.captinv-chip", has_text="kitty-all").click()
+    page.locator("#captinv_chips button.captinv-chip", has_text="kitty-all").click()
 
-        prompt = page.locator("#txt2img_prompt textarea")
-        sync_api.expect(prompt).to_have_value("kitty-all")
-        assert prompt.is_visible()  # switched to the txt2img tab
-        browser.close()
+    prompt = page.locator("#txt2img_prompt textarea")
+    sync_api.expect(prompt).to_have_value("kitty-all")
+    assert prompt.is_visible()  # switched to the txt2img tab
     assert (server.data / "embeddings" / "kitty-all.safetensors").is_file()
 
 
-@pytest.mark.skipif(
-    not CHROMIUM, reason="no Chromium binary (install Debian's chromium or set CAPTINV_CHROMIUM)"
-)
-def test_train_a_perfusion_concept_in_the_tab_and_send_its_prompt(server, tmp_path):
-    if server.family != "sd1":
-        pytest.skip("the page is the same for every family; SD1 covers it")
+def test_train_a_perfusion_concept_in_the_tab_and_send_its_prompt(server, page, tmp_path):
     photo = tmp_path / "Tiger.png"
     chelsea().save(photo)
-    with sync_api.sync_playwright() as playwright:
-        browser, page = _browser(playwright)
-        _fill_the_tab(page, server, photo)
-        page.get_by_label("Perfusion concept (K/V edit)").check()
-        page.locator("#captinv_perfusion").get_by_text("Perfusion", exact=True).first.click()
-        page.fill("#captinv_covariance_prompts input", "32")
-        page.locator("#captinv_covariance_prompts input").press("Enter")
-        _run_and_wait(page, tmp_path, "captinv-perfusion.png")
+    _fill_the_tab(page, server, photo)
+    page.get_by_label("Perfusion concept (K/V edit)").check()
+    page.locator("#captinv_perfusion").get_by_text("Perfusion", exact=True).first.click()
+    page.fill("#captinv_covariance_prompts input", "32")
+    page.locator("#captinv_covariance_prompts input").press("Enter")
+    _run_and_wait(page, tmp_path, "captinv-perfusion.png")
 
-        page.locator("#captinv_chips button.captinv-chip").first.click()
+    page.locator("#captinv_chips button.captinv-chip").first.click()
 
-        sync_api.expect(page.locator("#txt2img_prompt textarea")).to_have_value(
-            "a tabby tiger <perfusion:tiger:0.7>"
-        )
-        browser.close()
+    sync_api.expect(page.locator("#txt2img_prompt textarea")).to_have_value(
+        "a tabby tiger <perfusion:tiger:0.7>"
+    )
     assert (server.data / "models" / "perfusion" / "tiger.safetensors").is_file()
 
 
-@pytest.mark.skipif(
-    not CHROMIUM, reason="no Chromium binary (install Debian's chromium or set CAPTINV_CHROMIUM)"
-)
-def test_a_perfusion_card_in_extra_networks_adds_its_tag_and_word(server, tmp_path):
-    if server.family != "sd1":
-        pytest.skip("the page is the same for every family; SD1 covers it")
+def test_a_perfusion_card_in_extra_networks_adds_its_tag_and_word(server, page, tmp_path):
     body = {"image": chelsea_b64(), "caption": "a cat", "name": "stripes", "steps": 3, "resolution": 64}
     status, answer = server.call("/captinv/v1/perfusion", body | {"covariance_prompts": 32})
     assert status == 200, answer
-    with sync_api.sync_playwright() as playwright:
-        browser, page = _browser(playwright)
-        page.goto(server.url, timeout=120_000)
-        page.locator("#txt2img_extra_tabs button", has_text="Perfusion").first.click()
-        page.click("#txt2img_perfusion_extra_refresh")  # the concept is newer than the page
-        card = page.locator('#txt2img_perfusion_cards_html .card[data-name="stripes"]')
-        card.wait_for(timeout=120_000)
-        page.screenshot(path=str(tmp_path / "perfusion-cards.png"), full_page=True)
+    page.goto(server.url, timeout=120_000)
+    page.locator("#txt2img_extra_tabs button", has_text="Perfusion").first.click()
+    page.click("#txt2img_perfusion_extra_refresh")  # the concept is newer than the page
+    card = page.locator('#txt2img_perfusion_cards_html .card[data-name="stripes"]')
+    card.wait_for(timeout=120_000)
+    page.screenshot(path=str(tmp_path / "perfusion-cards.png"), full_page=True)
 
-        card.click()
+    card.click()
 
-        prompt = page.locator("#txt2img_prompt textarea")
-        # the WebUI puts its separator (a space) before what a card adds, even to an empty prompt
-        sync_api.expect(prompt).to_have_value(re.compile(r"^\s*<perfusion:stripes:0\.7> stripes$"))
-        card.click()  # a second click takes tag and word out again
-        sync_api.expect(prompt).to_have_value(re.compile(r"^\s*$"))
-        browser.close()
+    prompt = page.locator("#txt2img_prompt textarea")
+    # the WebUI puts its separator (a space) before what a card adds, even to an empty prompt
+    sync_api.expect(prompt).to_have_value(re.compile(r"^\s*<perfusion:stripes:0\.7> stripes$"))
+    card.click()  # a second click takes tag and word out again
+    sync_api.expect(prompt).to_have_value(re.compile(r"^\s*$"))
