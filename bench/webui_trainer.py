@@ -130,9 +130,10 @@ def _captinv(server: Server, photo_b64: str, size: int, steps: int, draws: int, 
 def _measure(server: Server, args: argparse.Namespace, folder: Path) -> list[Timing]:
     dataset, logs = folder / "dataset", folder / "logs"
     dataset.mkdir()
-    _photo(args.size).save(dataset / "photo.png")
+    photo = _photo(args.size)
+    photo.save(dataset / "photo.png")
     buffer = io.BytesIO()
-    _photo(args.size).save(buffer, format="PNG")
+    photo.save(buffer, format="PNG")
     photo_b64 = base64.b64encode(buffer.getvalue()).decode()
     options = {"captinv_preview": False, "captinv_card_files": False}
     if args.attention:

@@ -34,12 +34,26 @@ class PerfusionPage(ui_extra_networks.ExtraNetworksPage):
     def create_item(
         self, name: str, index: int | None = None, enable_filter: bool = True
     ) -> dict[str, Any] | None:
+        return self._item(name, index, _model_context_dim() if enable_filter else None)
+
+    def list_items(self) -> Iterator[dict[str, Any]]:
+        folder = concepts_dir()
+        paths = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+        width = _model_context_dim()  # once per listing, not once per card
+        for index, path in enumerate(paths):
+            item = self._item(path.stem, index, width)
+            if item is not None:
+                yield item
+
+    def _item(self, name: str, index: int | None, width: int | None) -> dict[str, Any] | None:
+        """The card of concept `name`; None when it cannot be read or, given the loaded model's
+        cross-attention `width`, was trained for another model family (it would only be refused)."""
         try:
             concept = self.network.load(name)
         except (CaptinvError, OSError):
             return None
-        if enable_filter and concept.context_dim != _model_context_dim():
-            return None  # trained for another model family; it would only be refused
+        if width is not None and concept.context_dim != width:
+            return None
         path = concept_path(name)
         stem = str(path.with_suffix(""))
         return {
@@ -53,14 +67,6 @@ class PerfusionPage(ui_extra_networks.ExtraNetworksPage):
             "local_preview": f"{stem}.preview.{shared.opts.samples_format}",
             "sort_keys": {"default": index, **self.get_sort_keys(str(path))},
         }
-
-    def list_items(self) -> Iterator[dict[str, Any]]:
-        folder = concepts_dir()
-        paths = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
-        for index, path in enumerate(paths):
-            item = self.create_item(path.stem, index)
-            if item is not None:
-                yield item
 
     def allowed_directories_for_previews(self) -> list[str]:
         return [str(concepts_dir())]

@@ -7,8 +7,9 @@ Runs with the WebUI's own Python (it imports ldm/sgm from the WebUI's repositori
 The yaml is the WebUI's own inference config with small widths (a `<checkpoint>.yaml` beside
 a checkpoint is what the WebUI loads it with); `--full` keeps SD1's real sizes, for timing.
 Layers ldm initialises to zero get small random values and normalisation layers non-trivial
-ones, or prompts and embeddings would change nothing. The CLIP-L text encoder is built from the Hugging Face cache the caller prepared
-(`prepare_clip_cache`), so its width (768) and tokenizer are the real ones. For SDXL, a tiny
+ones, or prompts and embeddings would change nothing. The CLIP-L text encoder is built from the
+Hugging Face cache the caller prepared (`prepare_clip_cache`), so its width (768) and tokenizer
+are the real ones. For SDXL, a tiny
 1280-wide open_clip text model config is registered in the WebUI venv's open_clip package
 (`captinv-tiny-bigG.json`): the only file written outside the output folder.
 """
