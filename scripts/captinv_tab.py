@@ -1,10 +1,12 @@
 # The one file the WebUI runs at start-up: it imports captinv while the WebUI has put the
-# extension folder on sys.path, and registers the callbacks.
+# extension folder on sys.path, picks the host once, and registers the callbacks.
 from modules import script_callbacks
 
-from captinv.webui import api, perfusion_network, settings, tab
+from captinv.hosts.detect import detect_host
+from captinv.webui import api, settings, tab
 
-script_callbacks.on_ui_settings(settings.register)
-script_callbacks.on_ui_tabs(tab.on_ui_tabs)
-script_callbacks.on_app_started(api.on_app_started)
-script_callbacks.on_before_ui(perfusion_network.register)
+host = detect_host()
+script_callbacks.on_ui_settings(lambda: host.add_settings(settings.SETTINGS))
+script_callbacks.on_ui_tabs(lambda: tab.on_ui_tabs(host))
+script_callbacks.on_app_started(lambda _demo, app: api.add_routes(app, host))
+script_callbacks.on_before_ui(host.register_extra_networks)

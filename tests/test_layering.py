@@ -1,11 +1,14 @@
-"""The core must not import the WebUI or gradio: only captinv/webui/ may."""
+"""The layers stay apart: only captinv/hosts/ imports a WebUI's own modules, and the method core
+imports neither a WebUI nor the UI libraries."""
 
 import ast
 from pathlib import Path
 
 import captinv
 
-HOST_MODULES = {"modules", "launch", "gradio"}
+HOST_MODULES = {"modules", "modules_forge", "backend", "ldm_patched", "launch"}
+UI_MODULES = {"gradio", "fastapi", "pydantic", "starlette"}
+ROOT = Path(captinv.__file__).parent
 
 
 def _imports(path: Path) -> set[str]:
@@ -18,17 +21,27 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
-def test_core_never_imports_the_webui():
-    root = Path(captinv.__file__).parent
-    offenders = {
-        str(path.relative_to(root)): sorted(_imports(path) & HOST_MODULES)
-        for path in root.rglob("*.py")
-        if "webui" not in path.relative_to(root).parts and _imports(path) & HOST_MODULES
+def _offenders(forbidden: set[str], allowed_in: set[str]) -> dict[str, list[str]]:
+    return {
+        str(path.relative_to(ROOT)): sorted(_imports(path) & forbidden)
+        for path in ROOT.rglob("*.py")
+        if path.relative_to(ROOT).parts[0] not in allowed_in and _imports(path) & forbidden
     }
-    assert offenders == {}
+
+
+def test_only_the_host_layer_imports_a_webui():
+    assert _offenders(HOST_MODULES, {"hosts"}) == {}
+
+
+def test_the_core_imports_no_ui_library():
+    assert _offenders(UI_MODULES, {"hosts", "webui"}) == {}
+
+
+def test_the_host_seam_itself_imports_no_webui():
+    assert _imports(ROOT / "hosts" / "base.py") & (HOST_MODULES | UI_MODULES) == set()
 
 
 def test_the_check_sees_a_violation(tmp_path):
     sample = tmp_path / "x.py"
-    sample.write_text("from modules import shared\nimport gradio as gr\n")
-    assert _imports(sample) & HOST_MODULES == {"modules", "gradio"}
+    sample.write_text("from modules import shared\nimport gradio as gr\nimport backend.loader\n")
+    assert _imports(sample) & (HOST_MODULES | UI_MODULES) == {"modules", "gradio", "backend"}

@@ -1,6 +1,3 @@
-"""The WebUI layer: the only code that imports the WebUI's `modules` (and gradio).
-
-It adapts the WebUI's loaded model, embedding database, progress state and
-queue to the core. `layout`, `schema` and `requirements` import neither the
-WebUI nor torch-heavy code, so CI can test them without a WebUI.
-"""
+"""The WebUI glue above the host seam: the tab, the HTTP API, the jobs they start, card files
+and settings. It imports gradio and fastapi but never a WebUI's own modules: everything that
+lives in the WebUI process comes through a `captinv.hosts.base.Host`."""

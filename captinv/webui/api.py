@@ -1,19 +1,23 @@
-"""`POST /captinv/v1/invert`, `/captinv/v1/perfusion` and `/captinv/v1/caption`, registered when the WebUI runs with --api.
+"""`POST /captinv/v1/invert`, `/captinv/v1/perfusion` and `/captinv/v1/caption`, added when the
+WebUI runs with --api.
 
-Routes take the WebUI's queue lock, so a job never runs beside a txt2img
-request, and are protected by --api-auth exactly as the WebUI's own routes.
+Routes run under the host's queue, so a job never runs beside a txt2img request, and are
+protected by --api-auth exactly as the WebUI's own routes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from fastapi import Depends, FastAPI, HTTPException
-from modules import shared
-from modules.call_queue import queue_lock
 
 from captinv.config import PerfusionOptions
 from captinv.errors import CaptinvError
-from captinv.webui import service
-from captinv.webui.auth import basic_auth, parse_credentials
+from captinv.hosts.base import Host
+from captinv.webui import jobs
+from captinv.webui.auth import basic_auth
+from captinv.webui.perfusion_tag import perfusion_tag
 from captinv.webui.schema import (
     SOURCES,
     CaptionRequest,
@@ -27,15 +31,14 @@ from captinv.webui.schema import (
 )
 
 
-def _job(name: str, work):
-    with queue_lock:
-        shared.state.begin(job=name)
+def _job(host: Host, name: str, work: Callable[[], Any]) -> Any:
+    def guarded() -> Any:
         try:
             return work()
         except CaptinvError as err:
             raise HTTPException(status_code=err.http_status, detail=str(err)) from err
-        finally:
-            shared.state.end()
+
+    return host.run_queued(name, guarded)
 
 
 def _check_source(source: str) -> None:
@@ -43,68 +46,66 @@ def _check_source(source: str) -> None:
         raise HTTPException(status_code=422, detail=f"source must be one of {', '.join(SOURCES)}.")
 
 
-def invert_route(request: InvertRequest) -> InvertResponse:
-    _check_source(request.source)
+def _routes(host: Host) -> dict[str, tuple[Callable[..., Any], type]]:
+    def invert_route(request: InvertRequest) -> InvertResponse:
+        _check_source(request.source)
 
-    def work() -> InvertResponse:
-        image = decode_image(request.image)
-        result, _ = service.run_inversion(
-            image, request.caption, request.name, config_values(request), request.source
+        def work() -> InvertResponse:
+            image = decode_image(request.image)
+            result, _ = jobs.run_inversion(
+                host, image, request.caption, request.name, config_values(request), request.source
+            )
+            return InvertResponse(
+                combined_name=result.combined_name,
+                word_names=result.word_names,
+                names=[result.combined_name, *result.word_names],
+                caption=result.text,
+                sentence=result.sentence,
+                files=[path.name for path in result.files],
+                losses=result.losses,
+                steps=result.steps,
+                seconds=round(result.seconds, 2),
+            )
+
+        return _job(host, "captinv-invert", work)
+
+    def perfusion_route(request: PerfusionRequest) -> PerfusionResponse:
+        _check_source(request.source)
+
+        def work() -> PerfusionResponse:
+            image = decode_image(request.image)
+            options = config_values(request, PerfusionOptions)
+            result, _ = jobs.run_perfusion(
+                host, image, request.caption, request.name, config_values(request), options, request.source
+            )
+            beta = options.get("beta", PerfusionOptions().beta)
+            return PerfusionResponse(
+                **{k: v for k, v in result.to_dict().items() if k in PerfusionResponse.__fields__},
+                tag=perfusion_tag(result.name, beta),
+                caption=result.text,
+            )
+
+        return _job(host, "captinv-perfusion", work)
+
+    def caption_route(request: CaptionRequest) -> CaptionResponse:
+        _check_source(request.source)
+        return _job(
+            host,
+            "captinv-caption",
+            lambda: CaptionResponse(caption=jobs.caption(host, decode_image(request.image), request.source)),
         )
-        return InvertResponse(
-            combined_name=result.combined_name,
-            word_names=result.word_names,
-            names=[result.combined_name, *result.word_names],
-            caption=result.text,
-            sentence=result.sentence,
-            files=[path.name for path in result.files],
-            losses=result.losses,
-            steps=result.steps,
-            seconds=round(result.seconds, 2),
-        )
 
-    return _job("captinv-invert", work)
+    return {
+        "/captinv/v1/invert": (invert_route, InvertResponse),
+        "/captinv/v1/perfusion": (perfusion_route, PerfusionResponse),
+        "/captinv/v1/caption": (caption_route, CaptionResponse),
+    }
 
 
-def perfusion_route(request: PerfusionRequest) -> PerfusionResponse:
-    _check_source(request.source)
-
-    def work() -> PerfusionResponse:
-        image = decode_image(request.image)
-        options = config_values(request, PerfusionOptions)
-        result, _ = service.run_perfusion(
-            image, request.caption, request.name, config_values(request), options, request.source
-        )
-        beta = options.get("beta", PerfusionOptions().beta)
-        return PerfusionResponse(
-            **{k: v for k, v in result.to_dict().items() if k in PerfusionResponse.__fields__},
-            tag=service.perfusion_tag(result.name, beta),
-            caption=result.text,
-        )
-
-    return _job("captinv-perfusion", work)
-
-
-def caption_route(request: CaptionRequest) -> CaptionResponse:
-    _check_source(request.source)
-    return _job(
-        "captinv-caption",
-        lambda: CaptionResponse(caption=service.caption(decode_image(request.image), request.source)),
-    )
-
-
-def on_app_started(_demo, app: FastAPI) -> None:
-    if not (shared.cmd_opts.api or shared.cmd_opts.nowebui):
+def add_routes(app: FastAPI, host: Host) -> None:
+    enabled, credentials = host.api_settings()
+    if not enabled:
         return
-    extra = {}
-    if shared.cmd_opts.api_auth:
-        extra["dependencies"] = [Depends(basic_auth(parse_credentials(shared.cmd_opts.api_auth)))]
-    app.add_api_route(
-        "/captinv/v1/invert", invert_route, methods=["POST"], response_model=InvertResponse, **extra
-    )
-    app.add_api_route(
-        "/captinv/v1/perfusion", perfusion_route, methods=["POST"], response_model=PerfusionResponse, **extra
-    )
-    app.add_api_route(
-        "/captinv/v1/caption", caption_route, methods=["POST"], response_model=CaptionResponse, **extra
-    )
+    extra = {"dependencies": [Depends(basic_auth(credentials))]} if credentials else {}
+    for path, (route, response) in _routes(host).items():
+        app.add_api_route(path, route, methods=["POST"], response_model=response, **extra)

@@ -1,40 +1,43 @@
-"""captinv's section in Settings ("Caption Inversion"), in the WebUI's own idiom."""
+"""captinv's section in the WebUI's Settings ("Caption Inversion"), declared once.
+
+Host-free and gradio-free: the host adds them with its own option machinery (`Host.add_settings`),
+and the job code reads them back through `Host.option`.
+"""
 
 from __future__ import annotations
 
-import gradio as gr
-from modules import shared
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from captinv.config import DEFAULT_CAPTIONER, DEFAULT_CLASSIFIER, InvertConfig
 
 SECTION = ("captinv", "Caption Inversion")
 
 
-def register() -> None:
-    defaults = InvertConfig()
-    options = {
-        "captinv_blip_model": shared.OptionInfo(
-            DEFAULT_CAPTIONER, "BLIP captioning model (hub id or local folder)"
-        ),
-        "captinv_classifier_model": shared.OptionInfo(
-            DEFAULT_CLASSIFIER, "Image-classification model for label init"
-        ),
-        "captinv_default_steps": shared.OptionInfo(
-            defaults.steps, "Default steps", gr.Slider, {"minimum": 1, "maximum": 5000, "step": 1}
-        ),
-        "captinv_default_learning_rate": shared.OptionInfo(
-            defaults.learning_rate, "Default learning rate", gr.Number
-        ),
-        "captinv_preview": shared.OptionInfo(True, "Render a preview with the combined name after a run"),
-        "captinv_preview_steps": shared.OptionInfo(20, "Preview sampling steps"),
-        "captinv_card_files": shared.OptionInfo(
-            True, "Write <name>.preview.png and a description for the Extra Networks cards"
-        ),
-    }
-    for key, info in options.items():
-        info.section = SECTION
-        shared.opts.add_option(key, info)
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    default: Any
+    label: str
+    component: Literal["slider", "number"] | None = None  # None: the WebUI picks one from the default
+    component_args: dict[str, Any] = field(default_factory=dict)
 
 
-def opt(key: str):
-    return getattr(shared.opts, key)
+_DEFAULTS = InvertConfig()
+SETTINGS = [
+    Setting("captinv_blip_model", DEFAULT_CAPTIONER, "BLIP captioning model (hub id or local folder)"),
+    Setting("captinv_classifier_model", DEFAULT_CLASSIFIER, "Image-classification model for label init"),
+    Setting(
+        "captinv_default_steps",
+        _DEFAULTS.steps,
+        "Default steps",
+        "slider",
+        {"minimum": 1, "maximum": 5000, "step": 1},
+    ),
+    Setting("captinv_default_learning_rate", _DEFAULTS.learning_rate, "Default learning rate", "number"),
+    Setting("captinv_preview", True, "Render a preview with the combined name after a run"),
+    Setting("captinv_preview_steps", 20, "Preview sampling steps"),
+    Setting(
+        "captinv_card_files", True, "Write <name>.preview.png and a description for the Extra Networks cards"
+    ),
+]

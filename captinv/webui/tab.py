@@ -1,15 +1,14 @@
-"""Wires the tab's components to the WebUI: queue, progress bar, interrupt, errors."""
+"""Wires the tab's components to the host: queue, progress bar, interrupt, errors."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
-from modules import call_queue, shared
-
 from captinv.config import PerfusionOptions
 from captinv.errors import CaptinvError
-from captinv.webui import service
+from captinv.hosts.base import Host
+from captinv.webui import jobs
 from captinv.webui.layout import (
     MODES,
     SOURCE_CHOICES,
@@ -20,13 +19,13 @@ from captinv.webui.layout import (
     loss_svg,
     message_html,
 )
-from captinv.webui.settings import opt
+from captinv.webui.perfusion_tag import perfusion_tag
 
 TITLE = "Invert from Caption"
 PERFUSION_FIELDS = tuple(f.name for f in dataclasses.fields(PerfusionOptions))
 
 
-def _run(components: TabComponents):
+def _run(host: Host, components: TabComponents):
     option_names = list(components.options)
 
     def run(_task_id: str, image: Any, caption: str, source: str, name: str, mode: str, *option_values: Any):
@@ -34,15 +33,15 @@ def _run(components: TabComponents):
         perfusion_values = {k: values.pop(k) for k in PERFUSION_FIELDS if k in values}
         try:
             if MODES[mode] == "perfusion":
-                concept, preview = service.run_perfusion(
-                    image, caption, name, values, perfusion_values, SOURCE_CHOICES[source]
+                concept, preview = jobs.run_perfusion(
+                    host, image, caption, name, values, perfusion_values, SOURCE_CHOICES[source]
                 )
                 beta = perfusion_values.get("beta", PerfusionOptions().beta)
-                use = f"{concept.sentence} {service.perfusion_tag(concept.name, beta)}"
+                use = f"{concept.sentence} {perfusion_tag(concept.name, beta)}"
                 chips = chips_html(use, [], f"{concept.name} ({concept.superclass}), {concept.size}")
                 done = f"Done in {concept.seconds:.0f} s: {concept.path.name} written. Click to use it."
                 return chips, preview, loss_svg(concept.losses), message_html(done)
-            result, preview = service.run_inversion(image, caption, name, values, SOURCE_CHOICES[source])
+            result, preview = jobs.run_inversion(host, image, caption, name, values, SOURCE_CHOICES[source])
         except CaptinvError as err:
             return "", None, "", message_html(str(err), error=True)
         chips = chips_html(result.combined_name, result.word_names, result.sentence)
@@ -52,14 +51,17 @@ def _run(components: TabComponents):
     return run
 
 
-def _caption(image: Any, source: str):
-    try:
-        return service.caption(image, SOURCE_CHOICES[source]), ""
-    except CaptinvError as err:
-        return "", message_html(str(err), error=True)
+def _caption(host: Host):
+    def caption(image: Any, source: str):
+        try:
+            return jobs.caption(host, image, SOURCE_CHOICES[source]), ""
+        except CaptinvError as err:
+            return "", message_html(str(err), error=True)
+
+    return caption
 
 
-def wire(components: TabComponents) -> None:
+def wire(components: TabComponents, host: Host) -> None:
     inputs = [
         components.task_id,
         components.image,
@@ -70,25 +72,25 @@ def wire(components: TabComponents) -> None:
     ]
     outputs = [components.chips, components.preview, components.loss, components.info]
     components.run.click(
-        fn=call_queue.wrap_gradio_gpu_call(_run(components), extra_outputs=["", None, ""]),
+        fn=host.gpu_call(_run(host, components), extra_outputs=["", None, ""]),
         _js="captinv.start",
         inputs=inputs + list(components.options.values()),
         outputs=outputs,
     )
     components.recaption.click(
-        fn=call_queue.wrap_queued_call(_caption),
+        fn=host.queued_call(_caption(host)),
         inputs=[components.image, components.source],
         outputs=[components.caption, components.info],
     )
-    components.interrupt.click(fn=lambda: shared.state.interrupt(), inputs=[], outputs=[])
+    components.interrupt.click(fn=host.interrupt, inputs=[], outputs=[])
 
 
-def on_ui_tabs():
+def on_ui_tabs(host: Host):
     defaults = {
-        "steps": int(opt("captinv_default_steps")),
-        "learning_rate": float(opt("captinv_default_learning_rate")),
+        "steps": int(host.option("captinv_default_steps")),
+        "learning_rate": float(host.option("captinv_default_learning_rate")),
     }
     blocks, components = build_tab(defaults)
     with blocks:
-        wire(components)
+        wire(components, host)
     return [(blocks, TITLE, "captinv")]

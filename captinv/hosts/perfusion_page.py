@@ -13,14 +13,12 @@ from typing import Any
 
 from modules import shared, ui_extra_networks
 from modules.ui_extra_networks import quote_js
+from torch import nn
 
 from captinv.errors import CaptinvError
+from captinv.hosts.perfusion_network import PerfusionNetwork
 from captinv.perfusion.layers import cross_attention_layers
-from captinv.webui.perfusion_network import TAG, PerfusionNetwork, concept_path, concepts_dir
-
-
-def card_prompt(name: str, beta: float) -> str:
-    return f"<{TAG}:{name}:{beta:g}> {name}"
+from captinv.webui.perfusion_tag import card_prompt
 
 
 class PerfusionPage(ui_extra_networks.ExtraNetworksPage):
@@ -34,12 +32,12 @@ class PerfusionPage(ui_extra_networks.ExtraNetworksPage):
     def create_item(
         self, name: str, index: int | None = None, enable_filter: bool = True
     ) -> dict[str, Any] | None:
-        return self._item(name, index, _model_context_dim() if enable_filter else None)
+        return self._item(name, index, _context_dim(self.network.host.denoiser()) if enable_filter else None)
 
     def list_items(self) -> Iterator[dict[str, Any]]:
-        folder = concepts_dir()
+        folder = self.network.host.concepts_dir
         paths = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
-        width = _model_context_dim()  # once per listing, not once per card
+        width = _context_dim(self.network.host.denoiser())  # once per listing, not once per card
         for index, path in enumerate(paths):
             item = self._item(path.stem, index, width)
             if item is not None:
@@ -54,7 +52,7 @@ class PerfusionPage(ui_extra_networks.ExtraNetworksPage):
             return None
         if width is not None and concept.context_dim != width:
             return None
-        path = concept_path(name)
+        path = self.network.host.concept_path(name)
         stem = str(path.with_suffix(""))
         return {
             "name": name,
@@ -69,17 +67,16 @@ class PerfusionPage(ui_extra_networks.ExtraNetworksPage):
         }
 
     def allowed_directories_for_previews(self) -> list[str]:
-        return [str(concepts_dir())]
+        return [str(self.network.host.concepts_dir)]
 
 
-def _model_context_dim() -> int | None:
-    """The loaded UNet's cross-attention width; None (show every card) when it cannot be read,
-    e.g. while a generation has its layers wrapped."""
-    model = shared.sd_model
-    if model is None:
+def _context_dim(unet: nn.Module | None) -> int | None:
+    """The UNet's cross-attention width; None (show every card) when it cannot be read, e.g. no
+    model is loaded or a generation has its layers wrapped."""
+    if unet is None:
         return None
     try:
-        layers = cross_attention_layers(model.model.diffusion_model)
+        layers = cross_attention_layers(unet)
     except CaptinvError:
         return None
     return layers[0].context_dim if layers else None

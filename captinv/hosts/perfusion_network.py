@@ -8,6 +8,7 @@ that failed before its `deactivate` cannot leave edits behind, and a prompt
 without the tag runs the stock UNet (a closed gate is not the identity, so
 "off" must mean unwrapped). While active, the concept's name is registered as
 a one-vector embedding, so the word in the prompt is the trained concept word.
+Which UNet and which embedding registry are the host's business.
 """
 
 from __future__ import annotations
@@ -15,46 +16,30 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from modules import extra_networks, paths, shared
+from modules import extra_networks
 
-from captinv import names
 from captinv.errors import CaptinvError
+from captinv.hosts.base import Host
 from captinv.perfusion import editing
 from captinv.perfusion.concept import PerfusionConcept
 from captinv.perfusion.errors import ConceptFileError
-from captinv.webui.backend import register_embedding, unregister_embedding
+from captinv.webui.perfusion_tag import TAG
 
 log = logging.getLogger(__name__)
-TAG = "perfusion"
-
-
-def concepts_dir() -> Path:
-    return Path(paths.models_path) / "perfusion"
-
-
-def concept_path(name: str) -> Path:
-    """Where the concept a prompt or a card names lives; the name is made safe first, so it can
-    only ever point inside the concepts folder."""
-    return names.output_path(concepts_dir(), names.base_name(name), ".safetensors")
-
-
-def covariance_dir() -> Path:
-    """Beside the concepts, not inside: Extra Networks shows every subfolder of a card page's
-    folder as a filter button, and the cache holds no cards."""
-    return Path(paths.models_path) / "perfusion-covariance"
 
 
 class PerfusionNetwork(extra_networks.ExtraNetwork):
-    def __init__(self) -> None:
+    def __init__(self, host: Host) -> None:
         super().__init__(TAG)
+        self.host = host
         self._registered: list[str] = []
         self._cache: dict[Path, tuple[float, PerfusionConcept]] = {}
 
     def load(self, name: str) -> PerfusionConcept:
         """The concept file `models/perfusion/<name>.safetensors`, re-read when it changed on disk."""
-        path = concept_path(name)
+        path = self.host.concept_path(name)
         if not path.is_file():
-            raise ConceptFileError(f"No Perfusion concept '{name}' in {concepts_dir()}.")
+            raise ConceptFileError(f"No Perfusion concept '{name}' in {self.host.concepts_dir}.")
         mtime = path.stat().st_mtime
         cached = self._cache.get(path)
         if cached is None or cached[0] != mtime:
@@ -66,18 +51,21 @@ class PerfusionNetwork(extra_networks.ExtraNetwork):
         if not params_list:
             return
         try:
+            unet = self.host.denoiser()
+            if unet is None:
+                raise CaptinvError("no model is loaded")
             concepts, betas = [], []
             for params in params_list:
                 concept = self.load(params.positional[0])
                 concepts.append(concept)
                 betas.append(float(params.positional[1]) if len(params.positional) > 1 else concept.beta)
-            editing.activate(shared.sd_model.model.diffusion_model, concepts, beta=betas)
+            editing.activate(unet, concepts, beta=betas)
         except (CaptinvError, ValueError) as err:
             log.warning("captinv: Perfusion not applied: %s", err)
             p.comment(f"Perfusion not applied: {err}")
             return
         for concept in concepts:
-            register_embedding(concept.name, concept.embedding)
+            self.host.register_embedding(concept.name, concept.embedding)
             self._registered.append(concept.name)
         p.extra_generation_params["Perfusion"] = ", ".join(
             f"{concept.name}: {beta:g}" for concept, beta in zip(concepts, betas)
@@ -87,20 +75,9 @@ class PerfusionNetwork(extra_networks.ExtraNetwork):
         self._clear()
 
     def _clear(self) -> None:
-        if shared.sd_model is not None:
-            editing.remove(shared.sd_model.model.diffusion_model)
+        unet = self.host.denoiser()
+        if unet is not None:
+            editing.remove(unet)
         for name in self._registered:
-            unregister_embedding(name)
+            self.host.unregister_embedding(name)
         self._registered.clear()
-
-
-def register() -> None:
-    """The tag, and its card page in Extra Networks (imported here: it needs the UI modules,
-    which are only ready by `on_before_ui`)."""
-    from modules import ui_extra_networks
-
-    from captinv.webui.perfusion_page import PerfusionPage
-
-    network = PerfusionNetwork()
-    extra_networks.register_extra_network(network)
-    ui_extra_networks.register_page(PerfusionPage(network))

@@ -1,4 +1,4 @@
-"""The core's model interface over the WebUI's already-loaded `shared.sd_model`.
+"""The core's model interface over AUTOMATIC1111's already-loaded `shared.sd_model`.
 
 Training goes through the WebUI's own text-conditioning path: the pseudo-words
 are `Embedding` objects registered in the hijack's embedding database while a
@@ -26,17 +26,10 @@ from captinv.backends.base import (
     frozen_parameters,
 )
 from captinv.errors import UnsupportedModelError
-from captinv.perfusion import editing
 
 
 def check_supported() -> None:
     """Refuse, with a message, the set-ups this backend cannot train against."""
-    hijack = sd_hijack.model_hijack
-    if not hasattr(hijack, "embedding_db"):
-        raise UnsupportedModelError(
-            "This looks like WebUI Forge, whose text engine has no shared embedding database. "
-            "captinv does not support Forge yet; use AUTOMATIC1111's WebUI or the captinv CLI."
-        )
     if getattr(shared.cmd_opts, "lowvram", False):
         raise UnsupportedModelError(
             "Training is not possible with --lowvram; restart with --medvram or without it."
@@ -80,9 +73,8 @@ def _token_tables(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
     return [("emb_params", next(iter(tables.values())))]
 
 
-class WebUIBackend(ModelBackend):
+class A1111Backend(ModelBackend):
     def __init__(self) -> None:
-        check_supported()
         self.model = shared.sd_model
         self.family = "sdxl" if self.model.is_sdxl else "sd2" if self.model.is_sd2 else "sd1"
         info = getattr(self.model, "sd_checkpoint_info", None)
@@ -159,7 +151,6 @@ class WebUIBackend(ModelBackend):
     @contextmanager
     def training(self, gradient_checkpointing: bool) -> Iterator[None]:
         with ExitStack() as stack:
-            editing.remove(self.denoiser())  # left by a generation that failed before its deactivate
             stack.enter_context(frozen_parameters(self.frozen_modules()))
             stack.callback(self._unregister_all)
             if self.model.is_sdxl:

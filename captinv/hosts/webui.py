@@ -1,0 +1,159 @@
+"""What every WebUI of the AUTOMATIC1111 family does alike.
+
+A1111, Forge and reForge share `modules.shared` (state, options, command line),
+`modules.call_queue`, `modules.processing` and the Extra Networks machinery; they
+differ in how the model, its text encoders and its embedding database are built.
+`WebUIHost` implements the shared part of `Host` once; each host's folder adds the
+model side.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from modules import call_queue, devices, paths, processing, shared
+from PIL import Image
+
+from captinv.errors import CaptionError
+from captinv.hosts.base import Host
+from captinv.trainer import Callbacks, Progress
+from captinv.webui.auth import parse_credentials
+from captinv.webui.settings import SECTION, Setting
+
+log = logging.getLogger(__name__)
+
+
+class WebUIHost(Host):
+    # -- folders ------------------------------------------------------------------
+
+    @property
+    def embeddings_dir(self) -> Path:
+        return Path(shared.cmd_opts.embeddings_dir)
+
+    @property
+    def models_dir(self) -> Path:
+        return Path(paths.models_path)
+
+    # -- progress, interrupt, the queue ---------------------------------------------
+
+    def training_callbacks(self, total: int) -> Callbacks:
+        shared.state.job_count = total
+        shared.state.job = "captinv"
+
+        def progress(update: Progress) -> None:
+            shared.state.job_no = update.step
+            shared.state.textinfo = f"captinv: step {update.step}/{update.total}, loss {update.loss:.4f}"
+
+        return Callbacks(progress=progress, should_stop=self.interrupted)
+
+    def set_status(self, text: str) -> None:
+        shared.state.textinfo = text
+
+    def interrupted(self) -> bool:
+        return bool(shared.state.interrupted)
+
+    def interrupt(self) -> None:
+        shared.state.interrupt()
+
+    def run_queued(self, job: str, work: Callable[[], Any]) -> Any:
+        with call_queue.queue_lock:
+            shared.state.begin(job=job)
+            try:
+                return work()
+            finally:
+                shared.state.end()
+
+    def gpu_call(self, fn: Callable[..., Any], extra_outputs: list[Any]) -> Callable[..., Any]:
+        return call_queue.wrap_gradio_gpu_call(fn, extra_outputs=extra_outputs)
+
+    def queued_call(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        return call_queue.wrap_queued_call(fn)
+
+    # -- conditioning cache ---------------------------------------------------------
+
+    def reset_conditioning_cache(self) -> None:
+        """Every cache `get_conds_with_caching` consults, hires fix's included."""
+        for owner, names in (
+            (processing.StableDiffusionProcessing, ("cached_c", "cached_uc")),
+            (processing.StableDiffusionProcessingTxt2Img, ("cached_hr_c", "cached_hr_uc")),
+        ):
+            for name in names:
+                if hasattr(owner, name):
+                    setattr(owner, name, [None, None])
+
+    # -- services -------------------------------------------------------------------
+
+    def option(self, key: str) -> Any:
+        return getattr(shared.opts, key)
+
+    def render_preview(self, prompt: str, seed: int, resolution: int) -> Image.Image | None:
+        p = processing.StableDiffusionProcessingTxt2Img(
+            sd_model=shared.sd_model,
+            prompt=prompt,
+            steps=self.option("captinv_preview_steps"),
+            width=resolution,
+            height=resolution,
+            seed=seed,
+            cfg_scale=7.0,
+            do_not_save_samples=True,
+            do_not_save_grid=True,
+        )
+        try:
+            return processing.process_images(p).images[0]
+        except Exception:  # a failed preview must not lose a finished run
+            log.exception("captinv: preview failed")
+            return None
+        finally:
+            p.close()
+
+    def webui_caption(self, images: list[Image.Image]) -> str:
+        """The WebUI's own BLIP (models/BLIP), without its CLIP ranking and without touching
+        `shared.state`."""
+        interrogator = shared.interrogator
+        if interrogator.blip_model is None:
+            interrogator.blip_model = interrogator.load_blip_model()
+        model = interrogator.blip_model.to(devices.device_interrogate)
+        interrogator.dtype = next(model.parameters()).dtype
+        try:
+            caption = interrogator.generate_caption(images[0])
+        finally:
+            interrogator.send_blip_to_ram()
+            devices.torch_gc()
+        if not caption.strip():
+            raise CaptionError("The WebUI's BLIP returned an empty caption; type the init text instead.")
+        return caption.strip()
+
+    @property
+    def caption_device(self) -> str:
+        return str(devices.device_interrogate)
+
+    def api_settings(self) -> tuple[bool, dict[str, str]]:
+        options = shared.cmd_opts
+        return bool(options.api or options.nowebui), parse_credentials(options.api_auth)
+
+    # -- start-up -------------------------------------------------------------------
+
+    def add_settings(self, settings: list[Setting]) -> None:
+        """captinv's section in Settings, in the WebUI's own idiom."""
+        import gradio as gr
+
+        components = {"slider": gr.Slider, "number": gr.Number, None: None}
+        for setting in settings:
+            component = components[setting.component]
+            info = shared.OptionInfo(setting.default, setting.label, component, setting.component_args)
+            info.section = SECTION
+            shared.opts.add_option(setting.key, info)
+
+    def register_extra_networks(self) -> None:
+        """The `<perfusion:...>` tag and its card page (the UI modules are ready by `on_before_ui`)."""
+        from modules import extra_networks, ui_extra_networks
+
+        from captinv.hosts.perfusion_network import PerfusionNetwork
+        from captinv.hosts.perfusion_page import PerfusionPage
+
+        network = PerfusionNetwork(self)
+        extra_networks.register_extra_network(network)
+        ui_extra_networks.register_page(PerfusionPage(network))
