@@ -65,6 +65,33 @@ def webui_python(webui: Path) -> str:
     return os.environ.get("CAPTINV_WEBUI_PYTHON", str(webui / "venv" / "bin" / "python"))
 
 
+STARTED = "Startup time:"
+
+
+def _wait_until_started(server: Server, process: subprocess.Popen) -> None:
+    """Wait for the WebUI's `Startup time:` line, then for its API.
+
+    The port listens before start-up ends, and an HTTP request served between gradio's launch and
+    the API's middleware kills A1111's start-up ("Cannot add middleware after an application has
+    started"); every route and callback exists once that line is printed.
+    """
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline and process.poll() is None:
+        if STARTED in server.log.read_text(errors="replace"):
+            break
+        time.sleep(1)
+    else:
+        raise StartError(f"the WebUI did not start; see {server.log}:\n{server.log.read_text()[-3000:]}")
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if server.call("/sdapi/v1/sd-models", timeout=5)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise StartError(f"the WebUI's API did not answer; see {server.log}:\n{server.log.read_text()[-3000:]}")
+
+
 @contextmanager
 def start_webui(
     webui: Path, family: str, folder: Path, full: bool = False, flags: Sequence[str] = ()
@@ -118,16 +145,7 @@ def start_webui(
         process = subprocess.Popen(command, cwd=webui, env=env, stdout=out, stderr=subprocess.STDOUT)
     server = Server(family, f"http://127.0.0.1:{port}", data, log)
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                if server.call("/sdapi/v1/sd-models", timeout=5)[0] == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(2)
-        else:
-            raise StartError(f"the WebUI did not start; see {log}:\n{log.read_text()[-3000:]}")
+        _wait_until_started(server, process)
         yield server
     finally:
         process.terminate()
