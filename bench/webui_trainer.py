@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image
 from skimage import data
 
+from tests.webui.hosts import A1111
 from tests.webui.server import Server, start_webui
 
 CAPTION = "a tabby cat"
@@ -229,7 +230,9 @@ def main(argv: list[str] | None = None) -> dict:
         folder = Path(tmp)
         # The Train tab's embeddings are .pt files, which the WebUI's own safe unpickler rejects
         # under torch >= 2.6; these are files this run made itself.
-        with start_webui(args.webui, "sd1", folder, full=not args.tiny, flags=SAFE_UNPICKLE_OFF) as server:
+        with start_webui(
+            A1111, args.webui, "sd1", folder, full=not args.tiny, flags=SAFE_UNPICKLE_OFF
+        ) as server:
             timings = _measure(server, args, folder)
     result = _report(timings, args, commit)
     if args.json:

@@ -2,16 +2,16 @@
 
 Runs with the WebUI's own Python (it imports ldm/sgm from the WebUI's repositories/):
 
-    <webui>/venv/bin/python tests/webui/make_tiny_checkpoint.py --webui <webui> --family sd1|sdxl --out DIR/NAME
+    <webui>/venv/bin/python tests/webui/make_tiny_checkpoint.py --webui <webui> --family sd1|sd2v|sdxl --out DIR/NAME
 
 The yaml is the WebUI's own inference config with small widths (a `<checkpoint>.yaml` beside
 a checkpoint is what the WebUI loads it with); `--full` keeps SD1's real sizes, for timing.
 Layers ldm initialises to zero get small random values and normalisation layers non-trivial
 ones, or prompts and embeddings would change nothing. The CLIP-L text encoder is built from the
 Hugging Face cache the caller prepared (`prepare_clip_cache`), so its width (768) and tokenizer
-are the real ones. For SDXL, a tiny
-1280-wide open_clip text model config is registered in the WebUI venv's open_clip package
-(`captinv-tiny-bigG.json`): the only file written outside the output folder.
+are the real ones. For SDXL and SD2 (v-prediction, 768), tiny open_clip text model configs of
+the real widths are registered in the WebUI venv's open_clip package (`captinv-tiny-bigG.json`,
+`captinv-tiny-H.json`): the only files written outside the output folder.
 """
 
 from __future__ import annotations
@@ -32,6 +32,12 @@ TINY_BIGG = {
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 1280, "heads": 20, "layers": 2},
 }
 TINY_VAE = {"ch": 32, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 1, "attn_resolutions": []}
+SD2_ARCH = "captinv-tiny-H"
+TINY_H = {
+    "embed_dim": 1024,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "head_width": 32, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 1024, "heads": 16, "layers": 2},
+}
 
 
 def _config(webui: Path, family: str, full: bool):
@@ -45,6 +51,13 @@ def _config(webui: Path, family: str, full: bool):
         return config
     if full:
         raise SystemExit("--full is for SD1 only (an SDXL-size random model does not fit a CPU benchmark)")
+    if family == "sd2v":
+        configs = webui / "repositories" / "stable-diffusion-stability-ai" / "configs" / "stable-diffusion"
+        config = OmegaConf.load(configs / "v2-inference-v.yaml")
+        config.model.params.unet_config.params.update(TINY_UNET | {"num_head_channels": 16})
+        config.model.params.first_stage_config.params.ddconfig.update(TINY_VAE)
+        config.model.params.cond_stage_config.params.update({"arch": SD2_ARCH, "version": None})
+        return config
     config = OmegaConf.load(
         webui / "repositories" / "generative-models" / "configs" / "inference" / "sd_xl_base.yaml"
     )
@@ -61,14 +74,14 @@ def _config(webui: Path, family: str, full: bool):
     return config
 
 
-def install_open_clip_config() -> Path:
-    """SDXL names its bigG text encoder by open_clip arch: register a 2-layer, 1280-wide one."""
+def install_open_clip_configs() -> None:
+    """SDXL and SD2 name their OpenCLIP text encoders by open_clip arch: register 2-layer ones of the
+    real widths (1280 for SDXL's bigG, 1024 for SD2's ViT-H)."""
     import importlib.util
 
     folder = Path(importlib.util.find_spec("open_clip").submodule_search_locations[0]) / "model_configs"
-    path = folder / f"{OPEN_CLIP_ARCH}.json"
-    path.write_text(json.dumps(TINY_BIGG))
-    return path
+    for arch, config in ((OPEN_CLIP_ARCH, TINY_BIGG), (SD2_ARCH, TINY_H)):
+        (folder / f"{arch}.json").write_text(json.dumps(config))
 
 
 def _randomise(model: torch.nn.Module, generator: torch.Generator) -> None:
@@ -84,7 +97,7 @@ def _randomise(model: torch.nn.Module, generator: torch.Generator) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--webui", type=Path, required=True)
-    parser.add_argument("--family", choices=("sd1", "sdxl"), required=True)
+    parser.add_argument("--family", choices=("sd1", "sd2v", "sdxl"), required=True)
     parser.add_argument("--out", type=Path, required=True, help="path without extension")
     parser.add_argument(
         "--full",
@@ -101,8 +114,8 @@ def main() -> None:
     transformers.CLIPTextModel.from_pretrained = classmethod(
         lambda cls, name, *a, **k: cls(transformers.CLIPTextConfig.from_pretrained(name))
     )
-    if args.family == "sdxl":
-        install_open_clip_config()
+    if args.family != "sd1":
+        install_open_clip_configs()
     config = _config(args.webui, args.family, args.full)
     torch.manual_seed(0)
     model = instantiate_from_config(config.model)

@@ -1,9 +1,11 @@
-"""Start a real WebUI offline on the CPU with captinv installed as "Install from URL" does.
+"""Start a real WebUI (AUTOMATIC1111, Forge or reForge) offline on the CPU with captinv installed
+as "Install from URL" does.
 
-Used by the WebUI-tier tests (tests/webui/conftest.py) and by `bench.webui_trainer`. Everything
+Used by the host-tier tests (tests/webui/conftest.py) and by `bench.webui_trainer`. Everything
 it creates (checkpoint, Hugging Face cache, data dir with extensions/ and embeddings/) lives in
-the folder it is given; the WebUI checkout itself is not modified. The extension is a `git
-clone` of this repository's committed HEAD.
+the folder it is given (full-width checkpoints of the Forge family in a cache, see hosts.py); the
+WebUI checkout itself is not modified. The extension is a `git clone` of this repository's
+committed HEAD.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.webui.clip_cache import prepare_clip_cache
+from tests.webui.hosts import HostKind
 
 ROOT = Path(__file__).resolve().parents[2]
-START_TIMEOUT = 600
-WIDTHS = {"sd1": 768, "sdxl": 768 + 1280}  # the WebUI's embedding "shape" per family
+START_TIMEOUT = 900
 
 
 class StartError(RuntimeError):
@@ -33,6 +35,7 @@ class StartError(RuntimeError):
 
 @dataclass
 class Server:
+    host: HostKind
     family: str
     url: str
     data: Path
@@ -40,7 +43,8 @@ class Server:
 
     @property
     def width(self) -> int:
-        return WIDTHS[self.family]
+        """The embedding "shape" this host reports for this family."""
+        return self.host.widths[self.family]
 
     def call(self, path: str, body: dict | None = None, timeout: float = 900) -> tuple[int, dict]:
         request = urllib.request.Request(
@@ -59,10 +63,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def webui_python(webui: Path) -> str:
-    return os.environ.get("CAPTINV_WEBUI_PYTHON", str(webui / "venv" / "bin" / "python"))
 
 
 STARTED = "Startup time:"
@@ -94,11 +94,16 @@ def _wait_until_started(server: Server, process: subprocess.Popen) -> None:
 
 @contextmanager
 def start_webui(
-    webui: Path, family: str, folder: Path, full: bool = False, flags: Sequence[str] = ()
+    host: HostKind,
+    webui: Path,
+    family: str,
+    folder: Path,
+    full: bool = False,
+    flags: Sequence[str] = (),
 ) -> Iterator[Server]:
-    """A running WebUI on a random-weight `family` checkpoint (tiny, or SD1's real sizes when
-    `full`), bound to loopback, with `flags` added to its command line; stopped on exit."""
-    python = webui_python(webui)
+    """A running `host` WebUI from the checkout `webui` on a random-weight `family` checkpoint
+    (tiny, or SD1's real sizes when `full`), bound to loopback, with `flags` added to its command
+    line; stopped on exit."""
     env = os.environ | {
         "HF_HOME": str(prepare_clip_cache(folder / "hf", full=full)),
         "HF_HUB_OFFLINE": "1",
@@ -106,12 +111,7 @@ def start_webui(
         "PYTHONUNBUFFERED": "1",
     }
     env.pop("PYTHONPATH", None)
-    checkpoint = folder / "models" / f"{'full' if full else 'tiny'}-{family}"
-    command = [python, str(ROOT / "tests" / "webui" / "make_tiny_checkpoint.py")]
-    command += ["--webui", str(webui), "--family", family, "--out", str(checkpoint)] + (
-        ["--full"] if full else []
-    )
-    subprocess.run(command, cwd=webui, env=env, check=True, capture_output=True)
+    checkpoint = host.checkpoint(webui, family, folder / "models", env, full=full)
     data = folder / "data"
     (data / "embeddings").mkdir(parents=True)
     # Live previews would download the approximate-VAE weights during sampling; there is no network.
@@ -119,31 +119,11 @@ def start_webui(
     subprocess.run(["git", "clone", "-q", str(ROOT), str(data / "extensions" / "captinv")], check=True)
     port = _free_port()
     log = folder / "webui.log"
-    command = [
-        python,
-        "launch.py",
-        *flags,
-        "--skip-prepare-environment",
-        "--skip-install",
-        "--skip-torch-cuda-test",
-        "--skip-version-check",
-        "--no-download-sd-model",
-        "--use-cpu",
-        "all",
-        "--no-half",
-        "--precision",
-        "full",
-        "--api",
-        "--data-dir",
-        str(data),
-        "--ckpt",
-        str(checkpoint.with_suffix(".safetensors")),
-        "--port",
-        str(port),
-    ]
+    command = [host.python(webui), "launch.py", *flags, *host.launch_flags(webui), "--api"]
+    command += ["--data-dir", str(data), "--ckpt", str(checkpoint.resolve()), "--port", str(port)]
     with log.open("w") as out:
         process = subprocess.Popen(command, cwd=webui, env=env, stdout=out, stderr=subprocess.STDOUT)
-    server = Server(family, f"http://127.0.0.1:{port}", data, log)
+    server = Server(host, family, f"http://127.0.0.1:{port}", data, log)
     try:
         _wait_until_started(server, process)
         yield server
