@@ -1,45 +1,119 @@
 // captinv: one namespaced global; every element it touches has a captinv_ id.
+// Elements that gradio renders are only ever changed through gradio; captinv writes its live
+// progress into #captinv_live, a node of its own that gradio never re-renders.
 var captinv = (function() {
+    function live() {
+        return gradioApp().querySelector('#captinv_live');
+    }
+
+    function escapeHtml(text) {
+        var div = document.createElement('div');
+        div.textContent = text;
+        return div.innerHTML;
+    }
+
+    // The loss so far as a small polyline, redrawn on every progress update.
+    function lossSvg(losses) {
+        var finite = losses.filter(function(x) {
+            return isFinite(x);
+        });
+        if (finite.length < 2) {
+            return '';
+        }
+        var low = Math.min.apply(null, finite), high = Math.max.apply(null, finite);
+        var span = (high - low) || 1, width = 320, height = 80;
+        var points = finite.map(function(value, i) {
+            return (i * width / (finite.length - 1)).toFixed(1) + ',' + (height - (value - low) / span * height).toFixed(1);
+        }).join(' ');
+        return '<svg class="captinv-loss captinv-live-loss" viewBox="0 0 ' + width + ' ' + height + '" width="' + width + '" height="' + height + '">' +
+            '<polyline fill="none" stroke="currentColor" stroke-width="1.5" points="' + points + '"/></svg>';
+    }
+
+    function showProgress(textinfo) {
+        var box = live();
+        if (!box) {
+            return;
+        }
+        fetch('./captinv/v1/progress').then(function(response) {
+            return response.ok ? response.json() : {losses: []};
+        }).then(function(state) {
+            box.innerHTML = '<div class="captinv-phase">' + escapeHtml(textinfo || state.phase || '') + '</div>' + lossSvg(state.losses || []);
+        }).catch(function() {
+            box.textContent = textinfo || '';
+        });
+    }
+
+    // Reload the Textual Inversion and Perfusion card pages of txt2img and img2img through the
+    // WebUI's own hidden refresh buttons, so new cards are there when the user looks.
+    function refreshCards() {
+        ['txt2img', 'img2img'].forEach(function(tab) {
+            ['textual_inversion', 'perfusion'].forEach(function(page) {
+                var button = gradioApp().getElementById(tab + '_' + page + '_extra_refresh_internal');
+                if (button) {
+                    button.dispatchEvent(new Event('click'));
+                }
+            });
+        });
+    }
+
     // Gradio's run handler: give the job a task id and follow it with the WebUI's progress bar.
     function start() {
-        gradioApp().querySelector('#captinv_info').innerHTML = '';
         var id = randomId();
-        requestProgress(id, gradioApp().getElementById('captinv_output'), gradioApp().getElementById('captinv_preview'), function() {}, function(progress) {
-            gradioApp().getElementById('captinv_progress').innerHTML = progress.textinfo || '';
+        var box = live();
+        if (box) {
+            box.textContent = 'Starting...';
+        }
+        requestProgress(id, gradioApp().getElementById('captinv_output'), gradioApp().getElementById('captinv_preview'), function() {
+            var done = live();
+            if (done) {
+                done.innerHTML = '';
+            }
+            refreshCards();
+        }, function(progress) {
+            showProgress(progress.textinfo);
         });
         var args = Array.from(arguments);
         args[0] = id;
         return args;
     }
 
-    // Append a name to the txt2img prompt and switch to that tab.
-    function sendToPrompt(name) {
+    function setPrompt(text, append) {
         var textarea = gradioApp().querySelector('#txt2img_prompt textarea');
         var current = textarea.value.replace(/[\s,]+$/, '');
-        textarea.value = current ? current + ', ' + name : name;
+        textarea.value = append && current ? current + ', ' + text : text;
         updateInput(textarea);
         switch_to_txt2img();
     }
 
-    // The image component drops the file name; fill the name box from it when it is empty.
-    function nameFromDroppedFile(event) {
-        var input = event.target;
-        if (!input || input.type !== 'file' || !input.files || !input.files.length) {
-            return;
-        }
-        var box = gradioApp().querySelector('#captinv_name textarea');
-        if (box && !box.value) {
-            box.value = input.files[0].name.replace(/\.[^.]+$/, '');
-            updateInput(box);
+    // Append a name to the txt2img prompt and switch to that tab.
+    function sendToPrompt(name) {
+        setPrompt(name, true);
+    }
+
+    // Put the whole learned sentence in the txt2img prompt (the negative prompt is left alone).
+    function sendToTxt2img(sentence) {
+        setPrompt(sentence, false);
+    }
+
+    // When a message asks the user to type the caption (no captioner can run), put the cursor there.
+    function focusCaptionOnRequest(mutations) {
+        var asked = mutations.some(function(mutation) {
+            return Array.from(mutation.addedNodes).some(function(node) {
+                return node.querySelector && (node.matches('.captinv-type-caption') || node.querySelector('.captinv-type-caption'));
+            });
+        });
+        var box = gradioApp().querySelector('#captinv_caption textarea');
+        if (asked && box) {
+            box.focus();
         }
     }
 
     onUiLoaded(function() {
-        var image = gradioApp().getElementById('captinv_image');
-        if (image) {
-            image.addEventListener('change', nameFromDroppedFile, true);
+        var info = gradioApp().getElementById('captinv_info');
+        if (info) {
+            new MutationObserver(focusCaptionOnRequest).observe(info, {childList: true, subtree: true});
         }
     });
 
-    return {start: start, sendToPrompt: sendToPrompt};
+    return {start: start, sendToPrompt: sendToPrompt, sendToTxt2img: sendToTxt2img};
 })();

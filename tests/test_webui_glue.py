@@ -33,12 +33,47 @@ def test_tab_layout_offers_every_option_with_config_defaults():
     config = blocks.get_config_file()
     elem_ids = {c["props"].get("elem_id") for c in config["components"]}
     assert {
-        "captinv_image",
+        "captinv_images",
         "captinv_caption",
         "captinv_run",
-        "captinv_interrupt",
+        "captinv_stop",
+        "captinv_cancel",
         "captinv_preview",
     } <= elem_ids
+
+
+def test_each_mode_shows_and_sends_only_its_own_options():
+    invert_controls, perfusion_controls, run = layout.mode_updates("Perfusion concept (K/V edit)")
+    assert invert_controls["visible"] is False and perfusion_controls["visible"] is True
+    assert run["value"] == "Train Perfusion concept"
+    assert layout.mode_updates("Caption inversion (embeddings)")[2]["value"] == "Invert"
+    values = {
+        "steps": 5,
+        "vectors_per_word": 2,
+        "train_function_words": False,
+        "beta": 0.6,
+        "superclass": "cat",
+    }
+    assert layout.mode_options("invert", values) == (
+        {"steps": 5, "vectors_per_word": 2, "train_function_words": False},
+        {},
+    )
+    assert layout.mode_options("perfusion", values) == ({"steps": 5}, {"beta": 0.6, "superclass": "cat"})
+
+
+def test_the_tab_shows_the_names_a_run_will_write_before_it_starts(tmp_path):
+    from captinv.webui.tab import names_hint, photo_paths
+
+    photo = tmp_path / "grace_hopper.png"
+    assert "grace-hopper-all" in names_hint("", [str(photo)])
+    assert "evil-all" in names_hint("../evil", None)
+    assert "no letters or digits" in names_hint("???", None) and "error" in names_hint("???", None)
+    assert names_hint("", None) == ""
+
+    class Gradio3File:  # what gradio 3 hands a handler for an uploaded file
+        name = str(photo)
+
+    assert photo_paths([Gradio3File(), str(photo)]) == [str(photo), str(photo)]
 
 
 def test_tab_values_become_config_values():
@@ -57,6 +92,7 @@ def test_tab_values_become_config_values():
 def test_chips_call_the_javascript_helper_and_escape_text():
     html = layout.chips_html("cat-all", ["cat-w01-a"], "cat-w01-a <b>")
     assert "captinv.sendToPrompt('cat-all')" in html and "captinv.sendToPrompt('cat-w01-a')" in html
+    assert "captinv.sendToTxt2img('cat-all')" in html
     assert "<b>" not in html and "&lt;b&gt;" in html
 
 
@@ -64,6 +100,7 @@ def test_loss_svg_scales_points_into_the_box():
     svg = layout.loss_svg([2.0, 1.0, 0.0], width=100, height=50)
     assert 'points="0.0,0.0 50.0,25.0 100.0,50.0"' in svg and "2.0000 → 0.0000 over 3 steps" in svg
     assert layout.loss_svg([1.0]) == ""
+    assert "over 2 steps" in layout.loss_svg([1.0, float("nan"), 0.5])  # rolled-back steps are skipped
 
 
 def _png_b64() -> str:
@@ -80,6 +117,13 @@ def test_invert_request_validates_and_keeps_only_given_options():
         schema.InvertRequest(image="x", steps="many")
     fields = schema.InvertRequest.__fields__ if hasattr(schema.InvertRequest, "__fields__") else {}
     assert "captioner" not in fields and "classifier" not in fields  # no server paths from a request
+
+
+def _type(field: dict) -> str:
+    """A field's JSON type: pydantic 1 writes it directly, pydantic 2 as anyOf [type, null]."""
+    if "type" in field:
+        return field["type"]
+    return next(option["type"] for option in field["anyOf"] if option.get("type") != "null")
 
 
 def test_the_routes_models_make_an_openapi_document():
@@ -100,10 +144,10 @@ def test_the_routes_models_make_an_openapi_document():
 
     document = app.openapi()
     request_fields = document["components"]["schemas"]["InvertRequest"]["properties"]
-    assert request_fields["init"]["type"] == "string" and request_fields["lr_schedule"]["type"] == "string"
-    assert request_fields["steps"]["type"] == "integer" and "captioner" not in request_fields
+    assert _type(request_fields["init"]) == "string" and _type(request_fields["lr_schedule"]) == "string"
+    assert _type(request_fields["steps"]) == "integer" and "captioner" not in request_fields
     perfusion_fields = document["components"]["schemas"]["PerfusionRequest"]["properties"]
-    assert perfusion_fields["superclass"]["type"] == "string" and perfusion_fields["beta"]["type"] == "number"
+    assert _type(perfusion_fields["superclass"]) == "string" and _type(perfusion_fields["beta"]) == "number"
     assert {"steps", "seed"} <= set(perfusion_fields)
     request = schema.PerfusionRequest(image="x", steps=5, superclass="cat", tau=0.2)
     assert schema.config_values(request) == {"steps": 5}
@@ -157,3 +201,43 @@ def test_the_project_runtime_requirements_are_what_install_py_reads():
         requirements.requirement_name(r) for r in requirements.runtime_requirements(root / "pyproject.toml")
     ]
     assert names == ["torch", "transformers", "safetensors", "pillow", "numpy"]
+
+
+def test_the_tab_wires_its_events_in_this_gradio(tmp_path):
+    """Events, the JavaScript start hook and the mode switch as gradio builds them (CI runs this
+    file with gradio 3.41, as A1111 and reForge pin, and with Forge's gradio 4)."""
+    from captinv.hosts.base import Host
+    from captinv.webui.tab import wire
+
+    class Wiring(Host):
+        """Only what `wire` calls at build time; a run would need a real WebUI."""
+
+        def gpu_call(self, fn, extra_outputs):
+            return fn
+
+        def queued_call(self, fn):
+            return fn
+
+        def interrupt(self):
+            raise AssertionError("not clicked here")
+
+        stop_and_save = interrupt
+
+    for method in Host.__abstractmethods__ - set(vars(Wiring)):
+        setattr(Wiring, method, Wiring.interrupt)
+    Wiring.__abstractmethods__ = frozenset()
+    blocks, tab = layout.build_tab()
+    with blocks:
+        wire(tab, Wiring())
+    config = blocks.get_config_file() if hasattr(blocks, "get_config_file") else blocks.config
+    scripts = [dependency.get("js") for dependency in config["dependencies"]]
+    assert "captinv.start" in scripts
+    run = next(d for d in config["dependencies"] if d.get("js") == "captinv.start")
+    ids = {c["id"]: c["props"].get("elem_id") for c in config["components"]}
+    assert [ids[i] for i in run["outputs"]] == [
+        "captinv_chips",
+        "captinv_preview",
+        "captinv_loss",
+        "captinv_info",
+    ]
+    assert "captinv_images" in [ids[i] for i in run["inputs"]]

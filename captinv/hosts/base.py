@@ -101,8 +101,9 @@ class Host(ABC):
     # -- progress, interrupt, the queue ---------------------------------------------
 
     @abstractmethod
-    def training_callbacks(self, total: int) -> Callbacks:
-        """Trainer callbacks that drive the WebUI's progress bar and obey its Interrupt button."""
+    def training_callbacks(self, total: int, after: int = 0) -> Callbacks:
+        """Trainer callbacks that drive the WebUI's progress bar and obey its stop buttons; the bar
+        counts `total` steps plus `after` jobs that follow them (a preview)."""
 
     @abstractmethod
     def set_status(self, text: str) -> None:
@@ -114,7 +115,15 @@ class Host(ABC):
 
     @abstractmethod
     def interrupt(self) -> None:
-        """Ask the current job to stop."""
+        """Cancel the current job: it stops and writes nothing."""
+
+    @abstractmethod
+    def stop_and_save(self) -> None:
+        """Stop the current job after its step and keep what it learned so far."""
+
+    @abstractmethod
+    def save_requested(self) -> bool:
+        """True once the user pressed Stop & save during the current job."""
 
     @abstractmethod
     def run_queued(self, job: str, work: Callable[[], Any]) -> Any:

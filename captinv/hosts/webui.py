@@ -39,15 +39,15 @@ class WebUIHost(Host):
 
     # -- progress, interrupt, the queue ---------------------------------------------
 
-    def training_callbacks(self, total: int) -> Callbacks:
-        shared.state.job_count = total
+    def training_callbacks(self, total: int, after: int = 0) -> Callbacks:
+        shared.state.job_count = total + after
         shared.state.job = "captinv"
 
         def progress(update: Progress) -> None:
             shared.state.job_no = update.step
             shared.state.textinfo = f"captinv: step {update.step}/{update.total}, loss {update.loss:.4f}"
 
-        return Callbacks(progress=progress, should_stop=self.interrupted)
+        return Callbacks(progress=progress, should_stop=lambda: self.interrupted() or self.save_requested())
 
     def set_status(self, text: str) -> None:
         shared.state.textinfo = text
@@ -57,6 +57,14 @@ class WebUIHost(Host):
 
     def interrupt(self) -> None:
         shared.state.interrupt()
+
+    def stop_and_save(self) -> None:
+        """The WebUI's Skip (what `/sdapi/v1/skip` sets): for a generation it keeps the images
+        made so far, for a run the vectors learned so far."""
+        shared.state.skip()
+
+    def save_requested(self) -> bool:
+        return bool(shared.state.skipped) and not self.interrupted()
 
     def run_queued(self, job: str, work: Callable[[], Any]) -> Any:
         with call_queue.queue_lock:
@@ -111,20 +119,39 @@ class WebUIHost(Host):
 
     def webui_caption(self, images: list[Image.Image]) -> str:
         """The WebUI's own BLIP (models/BLIP), without its CLIP ranking and without touching
-        `shared.state`."""
+        `shared.state`. Its weights are downloaded on first use, which fails offline with an
+        IndexError deep in the WebUI; say what to do instead."""
+        problem = self.webui_caption_problem()
+        if problem:
+            raise CaptionError(problem)
         interrogator = shared.interrogator
-        if interrogator.blip_model is None:
-            interrogator.blip_model = interrogator.load_blip_model()
-        model = interrogator.blip_model.to(devices.device_interrogate)
-        interrogator.dtype = next(model.parameters()).dtype
         try:
+            if interrogator.blip_model is None:
+                interrogator.blip_model = interrogator.load_blip_model()
+            model = interrogator.blip_model.to(devices.device_interrogate)
+            interrogator.dtype = next(model.parameters()).dtype
             caption = interrogator.generate_caption(images[0])
+        except Exception as err:  # the interrogator's loading raises whatever its parts raise
+            log.exception("captinv: the WebUI's BLIP failed")
+            raise CaptionError(
+                f"The WebUI's BLIP interrogator failed ({type(err).__name__}: {err}); type the caption."
+            ) from err
         finally:
             interrogator.send_blip_to_ram()
             devices.torch_gc()
         if not caption.strip():
-            raise CaptionError("The WebUI's BLIP returned an empty caption; type the init text instead.")
+            raise CaptionError("The WebUI's BLIP returned an empty caption; type the caption instead.")
         return caption.strip()
+
+    def webui_caption_problem(self) -> str | None:
+        """Why the WebUI's BLIP cannot run here, found without loading it; None when it can."""
+        folder = self.models_dir / "BLIP"
+        if shared.interrogator.blip_model is None and not list(folder.glob("*.pth")):
+            return (
+                f"The WebUI's BLIP interrogator has no weights in {folder} and would download them, "
+                "which needs the internet: type the caption (or put model_base_caption_capfilt_large.pth there)."
+            )
+        return None
 
     @property
     def caption_device(self) -> str:

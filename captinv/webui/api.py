@@ -53,7 +53,7 @@ def _routes(host: Host) -> dict[str, tuple[Callable[..., Any], type]]:
         def work() -> InvertResponse:
             image = decode_image(request.image)
             result, _ = jobs.run_inversion(
-                host, image, request.caption, request.name, config_values(request), request.source
+                host, [image], request.caption, request.name, config_values(request), request.source
             )
             return InvertResponse(
                 combined_name=result.combined_name,
@@ -76,7 +76,7 @@ def _routes(host: Host) -> dict[str, tuple[Callable[..., Any], type]]:
             image = decode_image(request.image)
             options = config_values(request, PerfusionOptions)
             result, _ = jobs.run_perfusion(
-                host, image, request.caption, request.name, config_values(request), options, request.source
+                host, [image], request.caption, request.name, config_values(request), options, request.source
             )
             beta = options.get("beta", PerfusionOptions().beta)
             return PerfusionResponse(
@@ -92,7 +92,9 @@ def _routes(host: Host) -> dict[str, tuple[Callable[..., Any], type]]:
         return _job(
             host,
             "captinv-caption",
-            lambda: CaptionResponse(caption=jobs.caption(host, decode_image(request.image), request.source)),
+            lambda: CaptionResponse(
+                caption=jobs.caption(host, [decode_image(request.image)], request.source)
+            ),
         )
 
     return {
@@ -103,6 +105,8 @@ def _routes(host: Host) -> dict[str, tuple[Callable[..., Any], type]]:
 
 
 def add_routes(app: FastAPI, host: Host) -> None:
+    """captinv's routes: the tab's live progress always, the job routes with --api."""
+    app.add_api_route("/captinv/v1/progress", lambda: jobs.live.to_dict(), methods=["GET"])
     enabled, credentials = host.api_settings()
     if not enabled:
         return

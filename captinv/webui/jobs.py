@@ -8,6 +8,10 @@ at once so the very next txt2img prompt can use them.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -15,13 +19,51 @@ from PIL import Image
 from captinv import names
 from captinv.captioning import init_source
 from captinv.config import InvertConfig, PerfusionOptions
+from captinv.errors import CaptinvError, CaptionError, ModelLoadError
 from captinv.hosts.base import Host
-from captinv.images import load_image
+from captinv.images import ImageSource, load_images
 from captinv.inversion import InvertResult, invert
 from captinv.perfusion.covariance import CovarianceCache
 from captinv.perfusion.training import PerfusionResult, text_covariance, train_concept
+from captinv.trainer import Callbacks, Progress
 from captinv.webui.cards import write_cards
 from captinv.webui.perfusion_tag import perfusion_tag
+
+
+@dataclass
+class LiveRun:
+    """What the tab's live display polls (`GET /captinv/v1/progress`): the running job's phase
+    and its losses so far."""
+
+    phase: str = ""
+    losses: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"phase": self.phase, "losses": [x if math.isfinite(x) else None for x in self.losses]}
+
+
+live = LiveRun()
+
+
+def _phase(host: Host, text: str) -> None:
+    live.phase = text
+    host.set_status(f"captinv: {text}")
+
+
+def _callbacks(host: Host, total: int) -> Callbacks:
+    """The host's progress callbacks, also recording the losses for the live display; the
+    preview counts as one more job, so the bar reaches 100 % only after it."""
+    callbacks = host.training_callbacks(total, after=1 if host.option("captinv_preview") else 0)
+    report = callbacks.progress
+    live.losses = []
+
+    def progress(update: Progress) -> None:
+        live.phase = f"step {update.step}/{update.total}"
+        live.losses.append(update.loss)
+        if report is not None:
+            report(update)
+
+    return dataclasses.replace(callbacks, progress=progress)
 
 
 def _config(host: Host, values: dict[str, Any], source: str, text: str | None) -> InvertConfig:
@@ -38,60 +80,89 @@ def _config(host: Host, values: dict[str, Any], source: str, text: str | None) -
     )
 
 
-def caption(host: Host, image: Any, source: str) -> str:
-    images = [load_image(image)]
+def needs_typed_caption(error: CaptinvError) -> bool:
+    """Whether the user's way out is typing the caption: no captioner could run."""
+    return isinstance(error, (CaptionError, ModelLoadError))
+
+
+def caption(host: Host, sources: list[ImageSource], source: str) -> str:
+    """The caption of the first photo from `source` ("webui-blip", "caption", "classify")."""
+    images = load_images(sources[:1])
     if source == "webui-blip":
         return host.webui_caption(images)
+    if source == "text":
+        raise CaptionError("'My own text' is selected: type the caption.")
     return init_source(_config(host, {}, source, None), host.caption_device).describe(images)
 
 
-def _prepare(host: Host, image: Any, text: str | None, source: str) -> tuple[Image.Image, str]:
+def _prepare(
+    host: Host, sources: list[ImageSource], text: str | None, source: str, values: dict[str, Any]
+) -> tuple[list[Image.Image], InvertConfig]:
+    """Everything checked before the model is touched: host and model, options, photos; then the
+    caption when none was typed."""
     host.check_supported()
-    photo = load_image(image)
+    config = _config(host, values, source, text)
+    photos = load_images(sources)
     if not (text or "").strip():
-        text = caption(host, photo, source)
-    return photo, text
+        _phase(host, "captioning the first photo")
+        config = dataclasses.replace(config, text=caption(host, photos, source))
+    return photos, config
 
 
-def _base(name: str | None) -> str:
-    return names.base_name(name) if (name or "").strip() else "captinv"
+def _base(name: str | None, sources: list[ImageSource]) -> str:
+    """The user's name, else the first photo's file name."""
+    if (name or "").strip():
+        return names.base_name(name)
+    first = sources[0] if sources else None
+    if isinstance(first, (str, Path)):
+        return names.base_name(Path(first).stem)
+    return "captinv"
+
+
+def _finish(host: Host, prompt: str, config: InvertConfig, resolution: int) -> Image.Image | None:
+    """The preview, counted as the run's last phase so the bar reaches 100 % only after it."""
+    if not host.option("captinv_preview"):
+        return None
+    _phase(host, "rendering the preview")
+    return host.render_preview(prompt, config.seed, resolution)
 
 
 def run_inversion(
     host: Host,
-    image: Any,
+    sources: list[ImageSource],
     text: str | None,
     name: str | None,
     values: dict[str, Any],
     source: str = "caption",
 ) -> tuple[InvertResult, Image.Image | None]:
-    photo, text = _prepare(host, image, text, source)
-    config = _config(host, values, source, text)
+    photos, config = _prepare(host, sources, text, source, values)
+    base = _base(name, sources)
+    _phase(host, f"encoding {len(photos)} photo(s) and planning the words")
     with host.training_backend() as backend:
         result = invert(
             backend,
-            [photo],
-            text,
+            photos,
+            config.text,
             config,
             host.embeddings_dir,
-            base=_base(name),
-            callbacks=host.training_callbacks(config.steps),
+            base=base,
+            callbacks=_callbacks(host, config.steps),
         )
         resolution = config.resolution or backend.default_resolution
     host.load_new_embeddings()
-    preview = None
-    if host.option("captinv_preview"):
-        preview = host.render_preview(f"a photo of {result.combined_name}", config.seed, resolution)
+    preview = _finish(host, f"a photo of {result.combined_name}", config, resolution)
     if host.option("captinv_card_files"):
         # the combined name's card shows what it generates; a word's card, the photo it came from
-        pictures = {name: photo for name in result.word_names} | {result.combined_name: preview or photo}
+        pictures = {word: photos[0] for word in result.word_names} | {
+            result.combined_name: preview or photos[0]
+        }
         write_cards(result.files[0].parent, pictures, f"captinv: {result.sentence}")
     return result, preview
 
 
 def run_perfusion(
     host: Host,
-    image: Any,
+    sources: list[ImageSource],
     text: str | None,
     name: str | None,
     values: dict[str, Any],
@@ -99,12 +170,13 @@ def run_perfusion(
     source: str = "caption",
 ) -> tuple[PerfusionResult, Image.Image | None]:
     """Train a concept into models/perfusion; the text-encoding covariance is estimated once per model."""
-    photo, text = _prepare(host, image, text, source)
-    config, options = _config(host, values, source, text), PerfusionOptions.from_mapping(perfusion_values)
-    callbacks = host.training_callbacks(config.steps)
+    options = PerfusionOptions.from_mapping(perfusion_values)
+    photos, config = _prepare(host, sources, text, source, values)
+    base = _base(name, sources)
+    callbacks = _callbacks(host, config.steps)
 
     def covariance_progress(done: int, total: int) -> None:
-        host.set_status(f"captinv: text-encoding covariance, {done}/{total} prompts (once per model)")
+        _phase(host, f"text-encoding covariance, {done}/{total} prompts (once per model)")
 
     with host.training_backend() as backend:
         covariance = text_covariance(
@@ -114,24 +186,24 @@ def run_perfusion(
             progress=covariance_progress,
             should_stop=callbacks.should_stop,
         )
+        _phase(host, f"encoding {len(photos)} photo(s) and probing the concept word")
         result = train_concept(
             backend,
-            [photo],
-            text,
+            photos,
+            config.text,
             config,
             options,
             host.concepts_dir,
-            name=_base(name),
+            name=base,
             covariance=covariance,
             callbacks=callbacks,
         )
         resolution = config.resolution or backend.default_resolution
     host.reset_conditioning_cache()
-    preview = None
-    if host.option("captinv_preview"):
-        prompt = f"a photo of {result.sentence} {perfusion_tag(result.name, options.beta)}"
-        preview = host.render_preview(prompt, config.seed, resolution)
+    preview = _finish(
+        host, f"a photo of {result.sentence} {perfusion_tag(result.name, options.beta)}", config, resolution
+    )
     if host.option("captinv_card_files"):
         description = f"captinv Perfusion, keys locked to '{result.superclass}': {result.sentence}"
-        write_cards(result.path.parent, {result.name: preview or photo}, description)
+        write_cards(result.path.parent, {result.name: preview or photos[0]}, description)
     return result, preview

@@ -1,15 +1,18 @@
 """The "Invert from Caption" tab's components, built with plain gradio.
 
 `build_tab` only lays components out and returns them in a `TabComponents`;
-`captinv.webui.tab` wires them to the WebUI's queue. The option controls are
-generated from `InvertConfig`, so the tab offers exactly the CLI's options with
-the same defaults. No WebUI import here: CI builds this layout with gradio alone.
+`captinv.webui.tab` wires them to the host. The option controls are generated
+from `InvertConfig` and `PerfusionOptions`, so the tab offers exactly the CLI's
+options with the same defaults. No WebUI import here, and nothing that exists in
+only one gradio major version: the same layout runs in AUTOMATIC1111 and reForge
+(gradio 3.41) and in Forge (gradio 4), and CI builds it with both.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import html
+import inspect
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,35 +22,52 @@ import gradio as gr
 from captinv.config import InvertConfig, PerfusionOptions
 
 SOURCE_CHOICES = {
-    "BLIP caption (transformers)": "caption",
     "WebUI BLIP interrogator": "webui-blip",
+    "BLIP caption (transformers)": "caption",
     "Image classifier label": "classify",
     "My own text": "text",
 }
 MODES = {"Caption inversion (embeddings)": "invert", "Perfusion concept (K/V edit)": "perfusion"}
+RUN_LABELS = {"invert": "Invert", "perfusion": "Train Perfusion concept"}
 MAIN_OPTIONS = ("steps", "learning_rate", "templates")
 NOT_CONTROLS = ("init", "text", "name", "captioner", "classifier")
+INVERSION_ONLY = ("vectors_per_word", "train_function_words")
+PERFUSION_FIELDS = tuple(spec.name for spec in dataclasses.fields(PerfusionOptions))
+
+
+def _js_keyword() -> str:
+    """The event keyword for a JavaScript pre-processor: `_js` in gradio 3, `js` in gradio 4
+    (Forge's shim maps `_js` to `js`, so its wrapped listeners take either)."""
+    parameters = inspect.signature(gr.Button().click).parameters
+    return "_js" if "_js" in parameters else "js"
 
 
 @dataclass
 class TabComponents:
     task_id: Any
-    image: Any
+    images: Any
+    gallery: Any
     caption: Any
     recaption: Any
     source: Any
     name: Any
+    names_hint: Any = None
     options: dict[str, Any] = field(default_factory=dict)
     mode: Any = None
+    inversion_group: Any = None
+    perfusion_group: Any = None
     run: Any = None
-    interrupt: Any = None
+    stop: Any = None
+    cancel: Any = None
     chips: Any = None
     preview: Any = None
     loss: Any = None
     info: Any = None
+    js_keyword: str = "_js"
 
 
-def _label(name: str) -> str:
+def label(name: str) -> str:
+    """The label of an option's control, as the tab shows it (also used in the tab's messages)."""
     return name.replace("_", " ").capitalize()
 
 
@@ -55,7 +75,7 @@ def option_control(spec: dataclasses.Field, default: Any, options: type = Invert
     """A gradio control for one config field, with the field's help as its tooltip."""
     hint = typing.get_type_hints(options)[spec.name]
     base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
-    common = {"label": _label(spec.name), "elem_id": f"captinv_{spec.name}", "info": spec.metadata["help"]}
+    common = {"label": label(spec.name), "elem_id": f"captinv_{spec.name}", "info": spec.metadata["help"]}
     if spec.metadata.get("choices"):
         return gr.Radio(choices=list(spec.metadata["choices"]), value=default, **common)
     if base is bool:
@@ -84,18 +104,47 @@ def config_values(names: list[str], values: tuple[Any, ...]) -> dict[str, Any]:
     }
 
 
-def build_tab(defaults: dict[str, Any] | None = None) -> tuple[gr.Blocks, TabComponents]:
+def mode_options(mode: str, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(inversion options, Perfusion options) of the tab's values for `mode`; the other mode's
+    options are dropped, since their controls are hidden in this mode."""
+    perfusion = {k: v for k, v in values.items() if k in PERFUSION_FIELDS}
+    common = {k: v for k, v in values.items() if k not in PERFUSION_FIELDS}
+    if mode == "perfusion":
+        return {k: v for k, v in common.items() if k not in INVERSION_ONLY}, perfusion
+    return common, {}
+
+
+def mode_updates(mode_label: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """What a change of mode shows and hides: (inversion-only options, Perfusion options, run button)."""
+    mode = MODES[mode_label]
+    return (
+        gr.update(visible=mode == "invert"),
+        gr.update(visible=mode == "perfusion"),
+        gr.update(value=RUN_LABELS[mode]),
+    )
+
+
+def build_tab(
+    defaults: dict[str, Any] | None = None, source: str | None = None
+) -> tuple[gr.Blocks, TabComponents]:
+    """The tab; `defaults` override option defaults (from Settings), `source` the caption source."""
     values = InvertConfig().to_dict() | (defaults or {})
     specs = {spec.name: spec for spec in dataclasses.fields(InvertConfig)}
     with gr.Blocks(analytics_enabled=False) as blocks:
         task_id = gr.Textbox(visible=False, elem_id="captinv_task_id")
         with gr.Row():
             with gr.Column():
-                image = gr.Image(type="pil", label="Image", elem_id="captinv_image")
+                images = gr.File(
+                    file_count="multiple",
+                    file_types=["image"],
+                    label="Photos: one, or a few of the same subject (the first names the run)",
+                    elem_id="captinv_images",
+                )
+                gallery = gr.Gallery(show_label=False, columns=5, height=140, elem_id="captinv_gallery")
                 with gr.Row():
-                    source = gr.Dropdown(
+                    source_box = gr.Dropdown(
                         choices=list(SOURCE_CHOICES),
-                        value=next(iter(SOURCE_CHOICES)),
+                        value=source or next(iter(SOURCE_CHOICES)),
                         label="Init words from",
                         elem_id="captinv_source",
                     )
@@ -105,8 +154,10 @@ def build_tab(defaults: dict[str, Any] | None = None) -> tuple[gr.Blocks, TabCom
                     lines=2,
                     elem_id="captinv_caption",
                 )
-                name = gr.Textbox(label="Name (default: the image's file name)", elem_id="captinv_name")
-                components = TabComponents(task_id, image, caption, recaption, source, name)
+                name = gr.Textbox(label="Name (default: the first photo's file name)", elem_id="captinv_name")
+                components = TabComponents(task_id, images, gallery, caption, recaption, source_box, name)
+                components.names_hint = gr.HTML(elem_id="captinv_names_hint")
+                components.js_keyword = _js_keyword()
                 for key in MAIN_OPTIONS:
                     components.options[key] = option_control(specs[key], values[key])
                 components.mode = gr.Radio(
@@ -114,9 +165,12 @@ def build_tab(defaults: dict[str, Any] | None = None) -> tuple[gr.Blocks, TabCom
                 )
                 with gr.Accordion("Advanced", open=False):
                     for key, spec in specs.items():
-                        if key not in MAIN_OPTIONS and key not in NOT_CONTROLS:
+                        if key not in MAIN_OPTIONS + NOT_CONTROLS + INVERSION_ONLY:
                             components.options[key] = option_control(spec, values[key])
-                with gr.Accordion("Perfusion", open=False, elem_id="captinv_perfusion"):
+                    with gr.Group(elem_id="captinv_inversion_options") as components.inversion_group:
+                        for key in INVERSION_ONLY:
+                            components.options[key] = option_control(specs[key], values[key])
+                with gr.Group(visible=False, elem_id="captinv_perfusion") as components.perfusion_group:
                     gr.Markdown(
                         "One concept word whose keys are locked to its superclass; use it in txt2img as "
                         "`NAME <perfusion:NAME:β>` (β 0.6-0.75: local, lower: stronger)."
@@ -124,10 +178,11 @@ def build_tab(defaults: dict[str, Any] | None = None) -> tuple[gr.Blocks, TabCom
                     for spec in dataclasses.fields(PerfusionOptions):
                         components.options[spec.name] = option_control(spec, spec.default, PerfusionOptions)
                 with gr.Row():
-                    components.interrupt = gr.Button("Interrupt", elem_id="captinv_interrupt")
-                    components.run = gr.Button("Invert", variant="primary", elem_id="captinv_run")
+                    components.cancel = gr.Button("Cancel", elem_id="captinv_cancel")
+                    components.stop = gr.Button("Stop & save", elem_id="captinv_stop")
+                    components.run = gr.Button(RUN_LABELS["invert"], variant="primary", elem_id="captinv_run")
             with gr.Column(elem_id="captinv_output"):
-                gr.HTML(elem_id="captinv_progress")
+                gr.HTML('<div id="captinv_live"></div>', elem_id="captinv_live_box")  # owned by captinv.js
                 components.info = gr.HTML(elem_id="captinv_info")
                 components.chips = gr.HTML(elem_id="captinv_chips")
                 components.preview = gr.Image(label="Preview", interactive=False, elem_id="captinv_preview")
@@ -136,7 +191,8 @@ def build_tab(defaults: dict[str, Any] | None = None) -> tuple[gr.Blocks, TabCom
 
 
 def chips_html(combined: str, words: list[str], sentence: str) -> str:
-    """Clickable names: a click appends the name to the txt2img prompt (javascript/captinv.js)."""
+    """Clickable names: a click appends the name to the txt2img prompt, "Send to txt2img" puts the
+    whole learned sentence there (javascript/captinv.js)."""
 
     def chip(name: str, extra: str = "") -> str:
         quoted = html.escape(name, quote=True)
@@ -145,29 +201,39 @@ def chips_html(combined: str, words: list[str], sentence: str) -> str:
             f"onclick=\"captinv.sendToPrompt('{quoted}')\">{quoted}</button>"
         )
 
+    use = html.escape(combined, quote=True)
+    send = (
+        '<button class="captinv-send" title="Replace the txt2img prompt with this" '
+        f"onclick=\"captinv.sendToTxt2img('{use}')\">Send to txt2img</button>"
+    )
     return (
         '<div class="captinv-chips">'
-        f"{chip(combined, ' captinv-combined')}{''.join(chip(word) for word in words)}"
+        f"{chip(combined, ' captinv-combined')}{''.join(chip(word) for word in words)}{send}"
         f'<p class="captinv-sentence">{html.escape(sentence)}</p></div>'
     )
 
 
 def loss_svg(losses: list[float], width: int = 320, height: int = 120) -> str:
     """The loss per step as a small inline SVG (no plotting dependency in the WebUI)."""
-    if len(losses) < 2:
+    finite = [value for value in losses if value == value]
+    if len(finite) < 2:
         return ""
-    low, high = min(losses), max(losses)
+    low, high = min(finite), max(finite)
     span = (high - low) or 1.0
     points = " ".join(
-        f"{i * width / (len(losses) - 1):.1f},{height - (value - low) / span * height:.1f}"
-        for i, value in enumerate(losses)
+        f"{i * width / (len(finite) - 1):.1f},{height - (value - low) / span * height:.1f}"
+        for i, value in enumerate(finite)
     )
     return (
         f'<svg class="captinv-loss" viewBox="0 0 {width} {height}" width="{width}" height="{height}">'
         f'<polyline fill="none" stroke="currentColor" stroke-width="1.5" points="{points}"/></svg>'
-        f"<div>loss {losses[0]:.4f} → {losses[-1]:.4f} over {len(losses)} steps</div>"
+        f"<div>loss {finite[0]:.4f} → {finite[-1]:.4f} over {len(finite)} steps</div>"
     )
 
 
-def message_html(text: str, *, error: bool = False) -> str:
-    return f'<div class="{"error" if error else "captinv-message"}">{html.escape(text)}</div>'
+def message_html(text: str, *, error: bool = False, type_caption: bool = False) -> str:
+    """A message under the photo; `type_caption` also puts the cursor in the caption box."""
+    classes = ["captinv-error error" if error else "captinv-message"] + (
+        ["captinv-type-caption"] if type_caption else []
+    )
+    return f'<div class="{" ".join(classes)}">{html.escape(text)}</div>'

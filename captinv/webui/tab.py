@@ -1,10 +1,11 @@
-"""Wires the tab's components to the host: queue, progress bar, interrupt, errors."""
+"""Wires the tab's components to the host: queue, progress, stop and cancel, messages."""
 
 from __future__ import annotations
 
-import dataclasses
+from pathlib import Path
 from typing import Any
 
+from captinv import names
 from captinv.config import PerfusionOptions
 from captinv.errors import CaptinvError
 from captinv.hosts.base import Host
@@ -18,32 +19,56 @@ from captinv.webui.layout import (
     config_values,
     loss_svg,
     message_html,
+    mode_options,
+    mode_updates,
 )
 from captinv.webui.perfusion_tag import perfusion_tag
 
 TITLE = "Invert from Caption"
-PERFUSION_FIELDS = tuple(f.name for f in dataclasses.fields(PerfusionOptions))
+
+
+def photo_paths(files: Any) -> list[str]:
+    """The dropped files as paths: gradio 3 hands temporary-file objects, gradio 4 paths."""
+    return [str(getattr(item, "name", item)) for item in (files or [])]
+
+
+def names_hint(name: str, files: Any) -> str:
+    """The base name a run will write, shown before it starts (names are made safe silently)."""
+    paths = photo_paths(files)
+    text = (name or "").strip() or (Path(paths[0]).stem if paths else "")
+    if not text:
+        return ""
+    try:
+        base = names.base_name(text)
+    except CaptinvError as err:
+        return message_html(str(err), error=True)
+    return message_html(f"Writes {names.combined_name(base)} and one {base}-wNN-<word> per word.")
 
 
 def _run(host: Host, components: TabComponents):
     option_names = list(components.options)
 
-    def run(_task_id: str, image: Any, caption: str, source: str, name: str, mode: str, *option_values: Any):
-        values = config_values(option_names, option_values)
-        perfusion_values = {k: values.pop(k) for k in PERFUSION_FIELDS if k in values}
+    def run(_task_id: str, files: Any, caption: str, source: str, name: str, mode: str, *option_values: Any):
+        values, perfusion_values = mode_options(MODES[mode], config_values(option_names, option_values))
+        photos = photo_paths(files)
         try:
             if MODES[mode] == "perfusion":
                 concept, preview = jobs.run_perfusion(
-                    host, image, caption, name, values, perfusion_values, SOURCE_CHOICES[source]
+                    host, photos, caption, name, values, perfusion_values, SOURCE_CHOICES[source]
                 )
                 beta = perfusion_values.get("beta", PerfusionOptions().beta)
                 use = f"{concept.sentence} {perfusion_tag(concept.name, beta)}"
                 chips = chips_html(use, [], f"{concept.name} ({concept.superclass}), {concept.size}")
                 done = f"Done in {concept.seconds:.0f} s: {concept.path.name} written. Click to use it."
                 return chips, preview, loss_svg(concept.losses), message_html(done)
-            result, preview = jobs.run_inversion(host, image, caption, name, values, SOURCE_CHOICES[source])
+            result, preview = jobs.run_inversion(host, photos, caption, name, values, SOURCE_CHOICES[source])
         except CaptinvError as err:
-            return "", None, "", message_html(str(err), error=True)
+            return (
+                "",
+                None,
+                "",
+                message_html(str(err), error=True, type_caption=jobs.needs_typed_caption(err)),
+            )
         chips = chips_html(result.combined_name, result.word_names, result.sentence)
         done = f"Done in {result.seconds:.0f} s: {len(result.files)} embeddings written and loaded. Click a name to use it."
         return chips, preview, loss_svg(result.losses), message_html(done)
@@ -52,37 +77,61 @@ def _run(host: Host, components: TabComponents):
 
 
 def _caption(host: Host):
-    def caption(image: Any, source: str):
+    def caption(files: Any, source: str, current: str):
         try:
-            return jobs.caption(host, image, SOURCE_CHOICES[source]), ""
-        except CaptinvError as err:
-            return "", message_html(str(err), error=True)
+            return jobs.caption(host, photo_paths(files), SOURCE_CHOICES[source]), message_html("")
+        except CaptinvError as err:  # a failed caption leaves the caption box as it was
+            return current, message_html(str(err), error=True, type_caption=jobs.needs_typed_caption(err))
 
     return caption
+
+
+def _photos_dropped(files: Any, name: str):
+    paths = photo_paths(files)
+    if not (name or "").strip() and paths:
+        name = Path(paths[0]).stem
+    return paths, name
 
 
 def wire(components: TabComponents, host: Host) -> None:
     inputs = [
         components.task_id,
-        components.image,
+        components.images,
         components.caption,
         components.source,
         components.name,
         components.mode,
     ]
     outputs = [components.chips, components.preview, components.loss, components.info]
-    components.run.click(
+    js = {components.js_keyword: "captinv.start"}
+    # Clear the last run's results at once (not queued), then run under the queue with progress.
+    components.run.click(fn=lambda: ("", None, "", ""), inputs=[], outputs=outputs, queue=False).then(
         fn=host.gpu_call(_run(host, components), extra_outputs=["", None, ""]),
-        _js="captinv.start",
         inputs=inputs + list(components.options.values()),
         outputs=outputs,
+        **js,
     )
     components.recaption.click(
         fn=host.queued_call(_caption(host)),
-        inputs=[components.image, components.source],
+        inputs=[components.images, components.source, components.caption],
         outputs=[components.caption, components.info],
     )
-    components.interrupt.click(fn=host.interrupt, inputs=[], outputs=[])
+    components.images.change(
+        fn=_photos_dropped,
+        inputs=[components.images, components.name],
+        outputs=[components.gallery, components.name],
+    )
+    for trigger in (components.name, components.images):
+        trigger.change(
+            fn=names_hint, inputs=[components.name, components.images], outputs=[components.names_hint]
+        )
+    components.mode.change(
+        fn=mode_updates,
+        inputs=[components.mode],
+        outputs=[components.inversion_group, components.perfusion_group, components.run],
+    )
+    components.stop.click(fn=host.stop_and_save, inputs=[], outputs=[])
+    components.cancel.click(fn=host.interrupt, inputs=[], outputs=[])
 
 
 def on_ui_tabs(host: Host):
