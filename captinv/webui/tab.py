@@ -9,6 +9,7 @@ from captinv import names
 from captinv.config import PerfusionOptions
 from captinv.errors import CaptinvError
 from captinv.hosts.base import Host
+from captinv.images import load_images
 from captinv.webui import jobs
 from captinv.webui.layout import (
     MODES,
@@ -87,10 +88,15 @@ def _caption(host: Host):
 
 
 def _photos_dropped(files: Any, name: str):
+    """Show the photos, name the run after the first, and refuse at once a file that is no image."""
     paths = photo_paths(files)
+    try:
+        load_images(paths) if paths else None
+    except CaptinvError as err:
+        return [], name, message_html(str(err), error=True)
     if not (name or "").strip() and paths:
         name = Path(paths[0]).stem
-    return paths, name
+    return paths, name, ""
 
 
 def wire(components: TabComponents, host: Host) -> None:
@@ -119,7 +125,7 @@ def wire(components: TabComponents, host: Host) -> None:
     components.images.change(
         fn=_photos_dropped,
         inputs=[components.images, components.name],
-        outputs=[components.gallery, components.name],
+        outputs=[components.gallery, components.name, components.info],
     )
     for trigger in (components.name, components.images):
         trigger.change(

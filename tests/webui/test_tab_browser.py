@@ -29,12 +29,21 @@ FLAGS = [
 ]
 
 
-def _fill_the_tab(page, server, photo) -> None:
-    """Open the tab, drop the photo, type a caption, 3 steps at 64 px."""
+def _open_the_tab(page, server) -> None:
     page.goto(server.url, timeout=120_000)
     page.get_by_role("button", name="Invert from Caption").click()
-    page.set_input_files("#captinv_image input[type=file]", str(photo))
-    page.locator("#captinv_image img").first.wait_for()  # the upload is read before the run can send it
+
+
+def _drop(page, *photos) -> None:
+    page.set_input_files("#captinv_images input[type=file]", [str(photo) for photo in photos])
+    # the upload is read (and shown in the gallery) before the run can send it
+    sync_api.expect(page.locator("#captinv_gallery img")).to_have_count(len(photos), timeout=60_000)
+
+
+def _fill_the_tab(page, server, photo) -> None:
+    """Open the tab, drop the photo, type a caption, 3 steps at 64 px."""
+    _open_the_tab(page, server)
+    _drop(page, photo)
     sync_api.expect(page.locator("#captinv_name textarea")).to_have_value(photo.stem)  # from the file name
     page.fill("#captinv_caption textarea", "a tabby cat")
     page.fill("#captinv_steps input[type=number]", "3")
@@ -44,13 +53,31 @@ def _fill_the_tab(page, server, photo) -> None:
     page.locator("#captinv_resolution input").press("Enter")
 
 
+MESSAGE = "#captinv_info .captinv-message, #captinv_info .captinv-error"
+
+
+def _new_message(page, action) -> str:
+    """Do `action`, then wait for a message that was not on the page before it; its text."""
+    page.evaluate(f"document.querySelectorAll({MESSAGE!r}).forEach(e => e.dataset.seen = '1')")
+    action()
+    fresh = page.locator(", ".join(f"{part}:not([data-seen])" for part in MESSAGE.split(", "))).first
+    fresh.wait_for(state="visible", timeout=600_000)
+    return fresh.inner_text()
+
+
+def _run_for_message(page) -> str:
+    """Press the run button; the message the run ended with (success or error), visible."""
+    return _new_message(page, lambda: page.click("#captinv_run"))
+
+
+def _choose_source(page, label: str) -> None:
+    page.locator("#captinv_source input").click()
+    page.locator("#captinv_source ul li", has_text=label).first.click()
+
+
 def _run_and_wait(page, tmp_path, screenshot: str) -> None:
-    page.click("#captinv_run")
-    page.wait_for_function(
-        "document.querySelector('#captinv_chips button') || document.querySelector('#captinv_info .error')",
-        timeout=600_000,
-    )
-    assert page.locator("#captinv_info .error").count() == 0, page.locator("#captinv_info").first.inner_text()
+    text = _run_for_message(page)
+    assert page.locator("#captinv_info .captinv-error").count() == 0, text
     path = tmp_path / screenshot
     page.screenshot(path=str(path), full_page=True)
     print(f"screenshot: {path}")
@@ -91,7 +118,8 @@ def test_train_a_perfusion_concept_in_the_tab_and_send_its_prompt(server, page, 
     chelsea().save(photo)
     _fill_the_tab(page, server, photo)
     page.get_by_label("Perfusion concept (K/V edit)").check()
-    page.locator("#captinv_perfusion").get_by_text("Perfusion", exact=True).first.click()
+    sync_api.expect(page.locator("#captinv_run")).to_have_text("Train Perfusion concept")
+    sync_api.expect(page.locator("#captinv_inversion_options")).to_be_hidden()
     page.fill("#captinv_covariance_prompts input", "32")
     page.locator("#captinv_covariance_prompts input").press("Enter")
     _run_and_wait(page, tmp_path, "captinv-perfusion.png")
@@ -122,3 +150,62 @@ def test_a_perfusion_card_in_extra_networks_adds_its_tag_and_word(server, page, 
     sync_api.expect(prompt).to_have_value(re.compile(r"^\s*<perfusion:stripes:0\.7> stripes$"))
     card.click()  # a second click takes tag and word out again
     sync_api.expect(prompt).to_have_value(re.compile(r"^\s*$"))
+
+
+def test_every_message_shows_run_after_run_in_one_page(server, page, tmp_path):
+    """Success, a taken name and an empty caption, one after another in the same page: each
+    message is visible and replaces the last (the first run's chips do not linger)."""
+    photo = tmp_path / "Again.png"
+    chelsea().save(photo)
+    _fill_the_tab(page, server, photo)
+    sync_api.expect(page.locator("#captinv_names_hint")).to_contain_text("again-all")
+
+    assert "Done in" in _run_for_message(page)
+    combined = page.locator("#captinv_chips button.captinv-combined")
+    padding, background, weight = combined.evaluate(
+        "e => { const s = getComputedStyle(e); return [s.paddingLeft, s.backgroundColor, s.fontWeight]; }"
+    )
+    assert float(padding.removesuffix("px")) > 0 and background not in ("rgba(0, 0, 0, 0)", "transparent")
+    assert int(weight) >= 600, weight
+
+    assert "already exists" in _run_for_message(page)
+    assert page.locator("#captinv_chips button").count() == 0  # no stale result beside the error
+
+    _choose_source(page, "My own text")
+    page.fill("#captinv_caption textarea", "")
+    assert "type" in _run_for_message(page).lower()
+    page.screenshot(path=str(tmp_path / "captinv-messages.png"), full_page=True)
+
+
+def test_a_failed_caption_keeps_the_typed_text(server, page, tmp_path):
+    photo = tmp_path / "Words.png"
+    chelsea().save(photo)
+    _open_the_tab(page, server)
+    _drop(page, photo)
+    page.fill("#captinv_caption textarea", "my own words")
+    for source in ("My own text", "WebUI BLIP interrogator"):
+        _choose_source(page, source)
+        message = _new_message(page, lambda: page.click("#captinv_recaption"))
+        assert "type the caption" in message, message
+        sync_api.expect(page.locator("#captinv_caption textarea")).to_have_value("my own words")
+
+
+def test_a_file_that_is_no_image_gets_a_message(server, page, tmp_path):
+    not_a_photo = tmp_path / "notes.png"
+    not_a_photo.write_text("not an image")
+    _open_the_tab(page, server)
+    message = _new_message(
+        page, lambda: page.set_input_files("#captinv_images input[type=file]", [str(not_a_photo)])
+    )
+    assert "notes.png" in message and "image" in message, message
+
+
+def test_new_cards_are_in_extra_networks_without_a_refresh(server, page, tmp_path):
+    photo = tmp_path / "Fresh.png"
+    chelsea().save(photo)
+    _fill_the_tab(page, server, photo)
+    _run_and_wait(page, tmp_path, "captinv-fresh.png")
+    page.get_by_role("button", name="txt2img", exact=True).first.click()
+    page.locator("#txt2img_extra_tabs button", has_text="Textual Inversion").first.click()
+    card = page.locator('#txt2img_textual_inversion_cards_html .card[data-name="fresh-all"]')
+    card.wait_for(timeout=60_000)
