@@ -89,7 +89,7 @@ def _metadata(
         "seed": str(config.seed),
         "base_model": backend.model_name,
         "model_family": backend.family,
-    }
+    } | backend.run_metadata()
 
 
 def output_files(

@@ -20,7 +20,7 @@ def test_tab_layout_offers_every_option_with_config_defaults():
     blocks, tab = layout.build_tab({"steps": 150})
     controls = set(tab.options)
     expected = {f.name for f in dataclasses.fields(InvertConfig)} - set(layout.NOT_CONTROLS)
-    assert controls == expected | {f.name for f in dataclasses.fields(PerfusionOptions)}
+    assert controls == expected | set(layout.PERFUSION_FIELDS) | {"keep_active_networks"}
     assert tab.options["superclass"].value == "" and tab.options["beta"].value == PerfusionOptions().beta
     assert tab.mode.value == next(iter(layout.MODES)) and set(layout.MODES.values()) == {
         "invert",
@@ -47,18 +47,15 @@ def test_each_mode_shows_and_sends_only_its_own_options():
     assert invert_controls["visible"] is False and perfusion_controls["visible"] is True
     assert run["value"] == "Train Perfusion concept"
     assert layout.mode_updates("Caption inversion (embeddings)")[2]["value"] == "Invert"
-    values = {
-        "steps": 5,
-        "vectors_per_word": 2,
-        "train_function_words": False,
-        "beta": 0.6,
-        "superclass": "cat",
-    }
-    assert layout.mode_options("invert", values) == (
-        {"steps": 5, "vectors_per_word": 2, "train_function_words": False},
-        {},
+    values = {"steps": 5, "vectors_per_word": 2, "train_function_words": False, "beta": 0.6}
+    values |= {"superclass": "cat", "keep_active_networks": True}
+    webui = {"keep_active_networks": True}
+    assert layout.mode_options("invert", values) == layout.RunOptions(
+        {"steps": 5, "vectors_per_word": 2, "train_function_words": False}, {}, webui
     )
-    assert layout.mode_options("perfusion", values) == ({"steps": 5}, {"beta": 0.6, "superclass": "cat"})
+    assert layout.mode_options("perfusion", values) == layout.RunOptions(
+        {"steps": 5}, {"beta": 0.6, "superclass": "cat"}, webui
+    )
 
 
 def test_the_tab_shows_the_names_a_run_will_write_before_it_starts(tmp_path):

@@ -122,6 +122,10 @@ class ModelBackend(ABC):
         """Embedding names the host already knows (beyond files in the output folder)."""
         return set()
 
+    def run_metadata(self) -> dict[str, str]:
+        """Host state the result depends on (e.g. the WebUI's clip skip), stored in its files."""
+        return {}
+
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text))
 

@@ -42,10 +42,11 @@ class Host(ABC):
         Called before any work (captioning included), so a refused run costs nothing."""
 
     @abstractmethod
-    def training_backend(self) -> AbstractContextManager[ModelBackend]:
-        """The loaded model as a `ModelBackend`, prepared for a run while inside (base weights,
-        resident, nothing of the last generation left patched) and handed back to the WebUI
-        as it was on exit, however the run ends."""
+    def training_backend(self, keep_networks: bool = False) -> AbstractContextManager[ModelBackend]:
+        """The loaded model as a `ModelBackend`, prepared for a run while inside (the selected
+        checkpoint's own weights, resident, nothing of the last generation left patched) and
+        handed back to the WebUI as it was on exit, however the run ends. With `keep_networks`
+        the LoRAs/hypernetworks the last generation left active stay applied."""
 
     # -- embeddings and the conditioning cache --------------------------------------
 

@@ -27,6 +27,7 @@ from captinv.perfusion.covariance import CovarianceCache
 from captinv.perfusion.training import PerfusionResult, text_covariance, train_concept
 from captinv.trainer import Callbacks, Progress
 from captinv.webui.cards import write_cards
+from captinv.webui.options import WebUIOptions
 from captinv.webui.perfusion_tag import perfusion_tag
 
 
@@ -134,11 +135,12 @@ def run_inversion(
     name: str | None,
     values: dict[str, Any],
     source: str = "caption",
+    webui: WebUIOptions | None = None,
 ) -> tuple[InvertResult, Image.Image | None]:
     photos, config = _prepare(host, sources, text, source, values)
     base = _base(name, sources)
     _phase(host, f"encoding {len(photos)} photo(s) and planning the words")
-    with host.training_backend() as backend:
+    with host.training_backend(keep_networks=(webui or WebUIOptions()).keep_active_networks) as backend:
         result = invert(
             backend,
             photos,
@@ -168,6 +170,7 @@ def run_perfusion(
     values: dict[str, Any],
     perfusion_values: dict[str, Any],
     source: str = "caption",
+    webui: WebUIOptions | None = None,
 ) -> tuple[PerfusionResult, Image.Image | None]:
     """Train a concept into models/perfusion; the text-encoding covariance is estimated once per model."""
     options = PerfusionOptions.from_mapping(perfusion_values)
@@ -178,7 +181,7 @@ def run_perfusion(
     def covariance_progress(done: int, total: int) -> None:
         _phase(host, f"text-encoding covariance, {done}/{total} prompts (once per model)")
 
-    with host.training_backend() as backend:
+    with host.training_backend(keep_networks=(webui or WebUIOptions()).keep_active_networks) as backend:
         covariance = text_covariance(
             backend,
             options,

@@ -20,6 +20,7 @@ from typing import Any
 import gradio as gr
 
 from captinv.config import InvertConfig, PerfusionOptions
+from captinv.webui.options import WebUIOptions
 
 SOURCE_CHOICES = {
     "WebUI BLIP interrogator": "webui-blip",
@@ -33,6 +34,7 @@ MAIN_OPTIONS = ("steps", "learning_rate", "templates")
 NOT_CONTROLS = ("init", "text", "name", "captioner", "classifier")
 INVERSION_ONLY = ("vectors_per_word", "train_function_words")
 PERFUSION_FIELDS = tuple(spec.name for spec in dataclasses.fields(PerfusionOptions))
+WEBUI_FIELDS = tuple(spec.name for spec in dataclasses.fields(WebUIOptions))
 
 
 def _js_keyword() -> str:
@@ -94,7 +96,7 @@ def config_values(names: list[str], values: tuple[Any, ...]) -> dict[str, Any]:
     """The tab's option values as config values: empty or 0 in an optional field means its default."""
     defaults = {
         spec.name: spec.default
-        for options in (InvertConfig, PerfusionOptions)
+        for options in (InvertConfig, PerfusionOptions, WebUIOptions)
         for spec in dataclasses.fields(options)
     }
     return {
@@ -104,14 +106,24 @@ def config_values(names: list[str], values: tuple[Any, ...]) -> dict[str, Any]:
     }
 
 
-def mode_options(mode: str, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(inversion options, Perfusion options) of the tab's values for `mode`; the other mode's
-    options are dropped, since their controls are hidden in this mode."""
+@dataclass(frozen=True)
+class RunOptions:
+    """The tab's option values split by where they go."""
+
+    invert: dict[str, Any]  # InvertConfig
+    perfusion: dict[str, Any]  # PerfusionOptions
+    webui: dict[str, Any]  # WebUIOptions
+
+
+def mode_options(mode: str, values: dict[str, Any]) -> RunOptions:
+    """The tab's values for `mode`; the other mode's options are dropped, since their controls
+    are hidden in this mode."""
     perfusion = {k: v for k, v in values.items() if k in PERFUSION_FIELDS}
-    common = {k: v for k, v in values.items() if k not in PERFUSION_FIELDS}
+    webui = {k: v for k, v in values.items() if k in WEBUI_FIELDS}
+    common = {k: v for k, v in values.items() if k not in PERFUSION_FIELDS + WEBUI_FIELDS}
     if mode == "perfusion":
-        return {k: v for k, v in common.items() if k not in INVERSION_ONLY}, perfusion
-    return common, {}
+        return RunOptions({k: v for k, v in common.items() if k not in INVERSION_ONLY}, perfusion, webui)
+    return RunOptions(common, {}, webui)
 
 
 def mode_updates(mode_label: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -170,6 +182,8 @@ def build_tab(
                     with gr.Group(elem_id="captinv_inversion_options") as components.inversion_group:
                         for key in INVERSION_ONLY:
                             components.options[key] = option_control(specs[key], values[key])
+                    for spec in dataclasses.fields(WebUIOptions):
+                        components.options[spec.name] = option_control(spec, spec.default, WebUIOptions)
                 with gr.Group(visible=False, elem_id="captinv_perfusion") as components.perfusion_group:
                     gr.Markdown(
                         "One concept word whose keys are locked to its superclass; use it in txt2img as "

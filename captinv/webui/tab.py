@@ -23,6 +23,7 @@ from captinv.webui.layout import (
     mode_options,
     mode_updates,
 )
+from captinv.webui.options import WebUIOptions
 from captinv.webui.perfusion_tag import perfusion_tag
 
 TITLE = "Invert from Caption"
@@ -50,19 +51,29 @@ def _run(host: Host, components: TabComponents):
     option_names = list(components.options)
 
     def run(_task_id: str, files: Any, caption: str, source: str, name: str, mode: str, *option_values: Any):
-        values, perfusion_values = mode_options(MODES[mode], config_values(option_names, option_values))
+        chosen = mode_options(MODES[mode], config_values(option_names, option_values))
         photos = photo_paths(files)
         try:
+            webui = WebUIOptions.from_mapping(chosen.webui)
             if MODES[mode] == "perfusion":
                 concept, preview = jobs.run_perfusion(
-                    host, photos, caption, name, values, perfusion_values, SOURCE_CHOICES[source]
+                    host,
+                    photos,
+                    caption,
+                    name,
+                    chosen.invert,
+                    chosen.perfusion,
+                    SOURCE_CHOICES[source],
+                    webui,
                 )
-                beta = perfusion_values.get("beta", PerfusionOptions().beta)
+                beta = chosen.perfusion.get("beta", PerfusionOptions().beta)
                 use = f"{concept.sentence} {perfusion_tag(concept.name, beta)}"
                 chips = chips_html(use, [], f"{concept.name} ({concept.superclass}), {concept.size}")
                 done = f"Done in {concept.seconds:.0f} s: {concept.path.name} written. Click to use it."
                 return chips, preview, loss_svg(concept.losses), message_html(done)
-            result, preview = jobs.run_inversion(host, photos, caption, name, values, SOURCE_CHOICES[source])
+            result, preview = jobs.run_inversion(
+                host, photos, caption, name, chosen.invert, SOURCE_CHOICES[source], webui
+            )
         except CaptinvError as err:
             return (
                 "",

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 
 import torch
-from modules import devices, prompt_parser, sd_hijack, shared
+from modules import devices, prompt_parser, sd_hijack, sd_models, shared
 from modules.textual_inversion.textual_inversion import Embedding
 
 from captinv.backends.base import (
@@ -37,10 +37,35 @@ def check_supported() -> None:
     model = shared.sd_model
     if model is None:
         raise UnsupportedModelError("No Stable Diffusion model is loaded; pick a checkpoint first.")
-    if getattr(model, "is_sd3", False) or not (model.is_sd1 or model.is_sd2 or model.is_sdxl):
-        raise UnsupportedModelError("Only Stable Diffusion 1.x, 2.x and SDXL checkpoints are supported.")
-    if getattr(model, "is_sdxl", False) and len(getattr(model.conditioner, "embedders", [])) < 2:
-        raise UnsupportedModelError("The SDXL refiner has no CLIP-L encoder; load an SDXL base model.")
+    problem = _variant_problem(model)
+    if problem:
+        raise UnsupportedModelError(
+            f"{problem} captinv trains against SD 1.x, 2.x and SDXL base text-to-image models."
+        )
+
+
+def _variant_problem(model) -> str | None:
+    """What makes the loaded checkpoint one captinv cannot train against (the WebUI's own flags
+    and the ldm config, see shared/reference/a1111-real-setups.md §3.1), or None."""
+    if getattr(model, "is_sd3", False):
+        return "Stable Diffusion 3 is a flow model without the cross-attention captinv trains."
+    if not (model.is_sd1 or model.is_sd2 or model.is_sdxl):
+        return "This model is not Stable Diffusion 1.x, 2.x or SDXL."
+    if model.is_sdxl:
+        text_encoders = [e for e in model.conditioner.embedders if hasattr(e, "encode_embedding_init_text")]
+        if len(text_encoders) < 2:
+            return "This is the SDXL refiner (no CLIP-L text encoder); select an SDXL base model."
+        if getattr(model, "is_sdxl_inpaint", False):
+            return "This is an SDXL inpainting model (9-channel UNet)."
+        return None
+    if getattr(model, "cond_stage_key", "txt") == "edit":
+        return "This is an instruct-pix2pix model (it is conditioned on an input image)."
+    key = getattr(model.model, "conditioning_key", "crossattn")
+    if key == "hybrid":
+        return "This is an inpainting model (9-channel UNet)."
+    if key != "crossattn" or hasattr(model, "depth_model") or hasattr(model, "embedder"):
+        return f"This is a depth or unCLIP model (conditioning '{key}')."
+    return None
 
 
 def _webui_vec(vectors: Vectors) -> torch.Tensor | dict[str, torch.Tensor]:
@@ -73,9 +98,22 @@ def _token_tables(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
     return [("emb_params", next(iter(tables.values())))]
 
 
+def _training_alphas(model) -> torch.Tensor:
+    """The ā the WebUI samples with: the checkpoint's own schedule, rescaled to zero terminal SNR
+    when the checkpoint says so (`ztsnr`, dev) or Settings asks for it, as
+    `sd_models.apply_alpha_schedule_override` does before every generation."""
+    alphas = getattr(model, "alphas_cumprod_original", None)
+    alphas = (model.alphas_cumprod if alphas is None else alphas).detach().to("cpu", torch.float32).clone()
+    if getattr(model, "ztsnr", False) or getattr(shared.opts, "sd_noise_schedule", "") == "Zero Terminal SNR":
+        alphas = sd_models.rescale_zero_terminal_snr_abar(alphas)
+    return alphas
+
+
 class A1111Backend(ModelBackend):
-    def __init__(self) -> None:
+    def __init__(self, networks: str = "") -> None:
+        """`networks`: the LoRAs/hypernetworks deliberately left active for the run (recorded)."""
         self.model = shared.sd_model
+        self.networks = networks
         self.family = "sdxl" if self.model.is_sdxl else "sd2" if self.model.is_sd2 else "sd1"
         info = getattr(self.model, "sd_checkpoint_info", None)
         self.model_name = (
@@ -83,10 +121,8 @@ class A1111Backend(ModelBackend):
         )
         self._tables = _token_tables(self.model)
         self.encoders = tuple(EncoderSpec(key, table.shape[1]) for key, table in self._tables)
-        alphas = getattr(self.model, "alphas_cumprod_original", None)
-        alphas = self.model.alphas_cumprod if alphas is None else alphas
         parameterization = "v" if getattr(self.model, "parameterization", "eps") == "v" else "eps"
-        self.schedule = NoiseSchedule(alphas.detach().to("cpu", torch.float32).clone(), parameterization)
+        self.schedule = NoiseSchedule(_training_alphas(self.model), parameterization)
         self.device = devices.device
         self.dtype = devices.dtype_unet
         native = {"sdxl": 1024, "sd2": 768 if parameterization == "v" else 512, "sd1": 512}
@@ -148,6 +184,17 @@ class A1111Backend(ModelBackend):
     def existing_names(self) -> set[str]:
         return set(self.db.word_embeddings) | set(self.db.skipped_embeddings)
 
+    def run_metadata(self) -> dict[str, str]:
+        """What of the WebUI's state the vectors were trained under: the text layer clip skip
+        picks (SD1; SDXL's CLIP-L only with "Clip skip SDXL"; SD2 has a fixed layer) and any
+        LoRA or hypernetwork the user chose to keep active."""
+        metadata = {"webui_networks": self.networks} if self.networks else {}
+        if self.family == "sd1" or (
+            self.family == "sdxl" and getattr(shared.opts, "sdxl_clip_l_skip", False)
+        ):
+            metadata["clip_skip"] = str(int(shared.opts.CLIP_stop_at_last_layers))
+        return metadata
+
     @contextmanager
     def training(self, gradient_checkpointing: bool) -> Iterator[None]:
         with ExitStack() as stack:
@@ -165,8 +212,11 @@ class A1111Backend(ModelBackend):
     # -- helpers -------------------------------------------------------------------
 
     def _register(self, name: str, vectors: Vectors) -> None:
+        """Splice `vectors` for `name`. Registered again whenever the database no longer holds
+        this run's embedding: Extra Networks' Refresh reloads it from disk mid-run (that button
+        is not behind the queue), which would otherwise leave the run without gradients."""
         embedding = self._registered.get(name)
-        if embedding is None:
+        if embedding is None or self.db.word_embeddings.get(name) is not embedding:
             self._registered[name] = register_embedding(name, vectors)
         else:
             embedding.vec = _webui_vec(vectors)

@@ -16,8 +16,8 @@ from captinv.hosts.a1111.backend import (
     register_embedding,
     unregister_embedding,
 )
+from captinv.hosts.a1111.model_state import base_model
 from captinv.hosts.webui import WebUIHost
-from captinv.perfusion import editing
 
 
 class A1111Host(WebUIHost):
@@ -27,10 +27,10 @@ class A1111Host(WebUIHost):
         check_supported()
 
     @contextmanager
-    def training_backend(self) -> Iterator[A1111Backend]:
-        check_supported()
-        editing.remove(self.denoiser())  # left by a generation that failed before its deactivate
-        yield A1111Backend()
+    def training_backend(self, keep_networks: bool = False) -> Iterator[A1111Backend]:
+        with base_model(keep_networks) as active:
+            check_supported()
+            yield A1111Backend(networks=active.describe() if keep_networks else "")
 
     def register_embedding(self, name: str, vectors: Vectors) -> None:
         register_embedding(name, vectors)

@@ -24,7 +24,7 @@ class ForgeHost(WebUIHost):
         raise UnsupportedModelError(_REFUSAL)
 
     @contextmanager
-    def training_backend(self) -> Iterator[ModelBackend]:
+    def training_backend(self, keep_networks: bool = False) -> Iterator[ModelBackend]:
         raise UnsupportedModelError(_REFUSAL)
         yield  # pragma: no cover - a generator, so this is a context manager
 
