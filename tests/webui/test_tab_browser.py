@@ -158,14 +158,16 @@ def test_every_message_shows_run_after_run_in_one_page(server, page, tmp_path):
     photo = tmp_path / "Again.png"
     chelsea().save(photo)
     _fill_the_tab(page, server, photo)
-    sync_api.expect(page.locator("#captinv_names_hint")).to_contain_text("again-all")
+    sync_api.expect(page.locator("#captinv_names_hint").last).to_contain_text("again-all")
 
     assert "Done in" in _run_for_message(page)
     combined = page.locator("#captinv_chips button.captinv-combined")
-    padding, background, weight = combined.evaluate(
-        "e => { const s = getComputedStyle(e); return [s.paddingLeft, s.backgroundColor, s.fontWeight]; }"
+    padding, color, gradient, weight = combined.evaluate(
+        "e => { const s = getComputedStyle(e); "
+        "return [s.paddingLeft, s.backgroundColor, s.backgroundImage, s.fontWeight]; }"
     )
-    assert float(padding.removesuffix("px")) > 0 and background not in ("rgba(0, 0, 0, 0)", "transparent")
+    assert float(padding.removesuffix("px")) > 0
+    assert color not in ("rgba(0, 0, 0, 0)", "transparent") or gradient != "none"  # a fill, plain or gradient
     assert int(weight) >= 600, weight
 
     assert "already exists" in _run_for_message(page)
