@@ -57,7 +57,9 @@ var captinv = (function() {
     }
 
     // Gradio's run handler: give the job a task id and follow it with the WebUI's progress bar.
-    function start() {
+    // Gradio hands the pre-processor the inputs followed by the current outputs; gradio 4 refuses
+    // a call with more values than inputs, so only the first `count` go back.
+    function start(count, values) {
         var id = randomId();
         var box = live();
         if (box) {
@@ -72,7 +74,7 @@ var captinv = (function() {
         }, function(progress) {
             showProgress(progress.textinfo);
         });
-        var args = Array.from(arguments);
+        var args = Array.from(values).slice(0, count);
         args[0] = id;
         return args;
     }

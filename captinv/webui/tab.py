@@ -120,11 +120,12 @@ def wire(components: TabComponents, host: Host) -> None:
         components.mode,
     ]
     outputs = [components.chips, components.preview, components.loss, components.info]
-    js = {components.js_keyword: "captinv.start"}
+    inputs += list(components.options.values())
+    js = {components.js_keyword: f"(...values) => captinv.start({len(inputs)}, values)"}
     # Clear the last run's results at once (not queued), then run under the queue with progress.
     components.run.click(fn=lambda: ("", None, "", ""), inputs=[], outputs=outputs, queue=False).then(
         fn=host.gpu_call(_run(host, components), extra_outputs=["", None, ""]),
-        inputs=inputs + list(components.options.values()),
+        inputs=inputs,
         outputs=outputs,
         **js,
     )

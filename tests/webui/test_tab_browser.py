@@ -173,9 +173,8 @@ def test_every_message_shows_run_after_run_in_one_page(server, page, tmp_path):
     assert "already exists" in _run_for_message(page)
     assert page.locator("#captinv_chips button").count() == 0  # no stale result beside the error
 
-    _choose_source(page, "My own text")
-    page.fill("#captinv_caption textarea", "")
-    assert "type" in _run_for_message(page).lower()
+    page.fill("#captinv_caption textarea", "cat " * 80)
+    assert "at most 75" in _run_for_message(page)
     page.screenshot(path=str(tmp_path / "captinv-messages.png"), full_page=True)
 
 
