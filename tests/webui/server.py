@@ -40,6 +40,7 @@ class Server:
     url: str
     data: Path
     log: Path
+    checkpoint: Path
 
     @property
     def width(self) -> int:
@@ -123,7 +124,7 @@ def start_webui(
     command += ["--data-dir", str(data), "--ckpt", str(checkpoint.resolve()), "--port", str(port)]
     with log.open("w") as out:
         process = subprocess.Popen(command, cwd=webui, env=env, stdout=out, stderr=subprocess.STDOUT)
-    server = Server(host, family, f"http://127.0.0.1:{port}", data, log)
+    server = Server(host, family, f"http://127.0.0.1:{port}", data, log, checkpoint)
     try:
         _wait_until_started(server, process)
         yield server

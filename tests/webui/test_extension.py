@@ -2,33 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import threading
 import time
 
+from tests.webui.calls import invert, perfusion, txt2img, txt2img_info
 from tests.webui.photo import chelsea_b64
-
-
-def _txt2img(server, prompt: str) -> bytes:
-    status, body = server.call(
-        "/sdapi/v1/txt2img",
-        {"prompt": prompt, "steps": 2, "width": 64, "height": 64, "seed": 11, "sampler_name": "Euler"},
-    )
-    assert status == 200, body
-    return base64.b64decode(body["images"][0])
-
-
-def _invert(server, name: str, **options):
-    body = {
-        "image": chelsea_b64(),
-        "caption": "a tabby cat",
-        "name": name,
-        "steps": 4,
-        "resolution": 64,
-    } | options
-    return server.call("/captinv/v1/invert", body)
 
 
 def test_extension_loads_without_errors_and_adds_the_tab(server):
@@ -41,26 +21,33 @@ def test_extension_loads_without_errors_and_adds_the_tab(server):
 
 def test_inverted_names_are_loaded_and_change_txt2img(server):
     combined_prompt, word_prompt = "a photo of chelsea-all", "a photo of chelsea-w02-tabby sitting"
-    before = (_txt2img(server, combined_prompt), _txt2img(server, word_prompt))
+    before = (txt2img(server, combined_prompt), txt2img(server, word_prompt))
+    # Untrained, each name is exactly the rows of its caption words: the same images as the words.
+    untrained = (txt2img(server, "a photo of a tabby cat"), txt2img(server, "a photo of tabby sitting"))
+    status, still = invert(server, "still", learning_rate=1e-12)  # a step too small to move float32 rows
+    assert status == 200, still
+    assert txt2img(server, "a photo of still-all") == untrained[0]
 
-    status, result = _invert(server, "chelsea")
+    status, result = invert(server, "chelsea")
 
     assert status == 200, result
     assert result["names"] == ["chelsea-all", "chelsea-w01-a", "chelsea-w02-tabby", "chelsea-w03-cat"]
     loaded = server.call("/sdapi/v1/embeddings")[1]["loaded"]
     assert loaded["chelsea-all"]["vectors"] == 3 and loaded["chelsea-all"]["shape"] == server.width
     assert all(loaded[name]["vectors"] == 1 for name in result["word_names"])
-    # the same prompt and seed, re-encoded with the new vectors (no restart, no refresh, no stale cache)
-    assert _txt2img(server, combined_prompt) != before[0]
-    assert _txt2img(server, word_prompt) != before[1]
+    # the same prompt and seed, re-encoded with the new vectors (no restart, no refresh, no stale cache),
+    # differs from no embedding and from what the untrained vectors give
+    trained = (txt2img(server, combined_prompt), txt2img(server, word_prompt))
+    assert trained[0] not in (before[0], untrained[0])
+    assert trained[1] not in (before[1], untrained[1])
     assert (server.data / "embeddings" / "chelsea-all.preview.png").is_file()
 
 
 def test_taken_name_is_refused_and_files_stay(server):
-    assert _invert(server, "twice")[0] == 200
+    assert invert(server, "twice")[0] == 200
     written = server.data / "embeddings" / "twice-all.safetensors"
     content = written.read_bytes()
-    status, body = _invert(server, "twice")
+    status, body = invert(server, "twice")
     assert status == 409 and "already exists" in body["detail"]
     assert written.read_bytes() == content
 
@@ -76,7 +63,7 @@ def test_bad_input_gets_a_4xx_with_a_message(server):
 
 def test_interrupt_stops_the_run_and_writes_nothing(server):
     outcome = {}
-    worker = threading.Thread(target=lambda: outcome.update(answer=_invert(server, "stopped", steps=5000)))
+    worker = threading.Thread(target=lambda: outcome.update(answer=invert(server, "stopped", steps=5000)))
     worker.start()
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -91,31 +78,17 @@ def test_interrupt_stops_the_run_and_writes_nothing(server):
     assert not list((server.data / "embeddings").glob("stopped-*"))
 
 
-def _txt2img_info(server, prompt: str) -> tuple[bytes, str]:
-    status, body = server.call(
-        "/sdapi/v1/txt2img",
-        {"prompt": prompt, "steps": 2, "width": 64, "height": 64, "seed": 11, "sampler_name": "Euler"},
-    )
-    assert status == 200, body
-    return base64.b64decode(body["images"][0]), body["info"]
-
-
-def _perfusion(server, name: str, caption: str):
-    body = {"image": chelsea_b64(), "caption": caption, "name": name, "steps": 3, "resolution": 64}
-    return server.call("/captinv/v1/perfusion", body | {"covariance_prompts": 64})
-
-
 def test_perfusion_concepts_apply_with_their_tag_and_only_then(server):
     prompt = "a photo of a tabby kitty and a puss"
-    stock = _txt2img(server, prompt)
+    stock = txt2img(server, prompt)
 
-    status, kitty = _perfusion(server, "kitty", "a tabby cat")
+    status, kitty = perfusion(server, "kitty", "a tabby cat")
     assert status == 200, kitty
     assert kitty["tag"] == "<perfusion:kitty:0.7>" and kitty["superclass"] == "cat"
     assert kitty["sentence"] == "a tabby kitty" and kitty["size_bytes"] > 0
     assert (server.data / "models" / "perfusion" / "kitty.safetensors").is_file()
-    assert _perfusion(server, "puss", "a cat")[0] == 200
-    assert _perfusion(server, "kitty", "a tabby cat")[0] == 409  # never overwritten unasked
+    assert perfusion(server, "puss", "a cat")[0] == 200
+    assert perfusion(server, "kitty", "a tabby cat")[0] == 409  # never overwritten unasked
     # its Extra Networks card adds the tag and the concept word, like a Lora card its activation text
     folder = server.data / "models" / "perfusion"
     assert (folder / "kitty.preview.png").is_file() and (folder / "kitty.description.txt").is_file()
@@ -127,12 +100,12 @@ def test_perfusion_concepts_apply_with_their_tag_and_only_then(server):
     assert "cardClicked('txt2img', \"<perfusion:kitty:0.7> kitty\"" in html.unescape(card["html"]), card
     assert "kitty.preview.png" in card["html"], card
 
-    one, info = _txt2img_info(server, f"{prompt} {kitty['tag']}")
+    one, info = txt2img_info(server, f"{prompt} {kitty['tag']}")
     assert one != stock
     assert json.loads(info)["extra_generation_params"]["Perfusion"] == "kitty: 0.7"
     assert 'Perfusion: "kitty: 0.7"' in json.loads(info)["infotexts"][0]
-    stronger = _txt2img(server, f"{prompt} <perfusion:kitty:0.3>")
-    both = _txt2img(server, f"{prompt} <perfusion:kitty:0.7> <perfusion:puss>")
+    stronger = txt2img(server, f"{prompt} <perfusion:kitty:0.3>")
+    both = txt2img(server, f"{prompt} <perfusion:kitty:0.7> <perfusion:puss>")
     assert len({one, stronger, both}) == 3
     # without the tag: the stock UNet and no concept word, bit for bit
-    assert _txt2img(server, prompt) == stock
+    assert txt2img(server, prompt) == stock

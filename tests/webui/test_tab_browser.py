@@ -11,9 +11,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import threading
+import time
 
 import pytest
 
+from tests.webui.calls import invert
 from tests.webui.photo import chelsea, chelsea_b64
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
@@ -210,3 +213,24 @@ def test_new_cards_are_in_extra_networks_without_a_refresh(server, page, tmp_pat
     page.locator("#txt2img_extra_tabs button", has_text="Textual Inversion").first.click()
     card = page.locator('#txt2img_textual_inversion_cards_html .card[data-name="fresh-all"]')
     card.wait_for(timeout=60_000)
+
+
+def test_refreshing_the_embedding_list_during_a_run_changes_nothing(server, page, tmp_path):
+    """Extra Networks' Refresh reloads the embedding database from disk and is not behind the
+    queue; a run must keep training its own vectors through it (the same losses as undisturbed)."""
+    steps = {"steps": 30, "seed": 9}
+    status, plain = invert(server, "refresh-plain", **steps)
+    assert status == 200, plain
+    page.goto(server.url, timeout=120_000)
+    page.locator("#txt2img_extra_tabs button", has_text="Textual Inversion").first.click()
+    outcome: dict = {}
+    worker = threading.Thread(target=lambda: outcome.update(answer=invert(server, "refresh-hit", **steps)))
+    worker.start()
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and server.call("/sdapi/v1/progress")[1]["state"]["job_no"] < 2:
+        time.sleep(0.2)
+    page.click("#txt2img_extra_refresh")
+    worker.join(timeout=600)
+    status, hit = outcome["answer"]
+    assert status == 200, hit
+    assert hit["losses"] == plain["losses"]

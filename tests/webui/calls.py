@@ -1,0 +1,32 @@
+"""The API calls the host-tier tests make, with the small sizes that keep a CPU run short."""
+
+from __future__ import annotations
+
+import base64
+
+from tests.webui.photo import chelsea_b64
+
+TXT2IMG = {"steps": 2, "width": 64, "height": 64, "seed": 11, "sampler_name": "Euler"}
+
+
+def txt2img_info(server, prompt: str) -> tuple[bytes, str]:
+    """The PNG bytes and the infotext JSON of a 64 px, 2-step image with a fixed seed."""
+    status, body = server.call("/sdapi/v1/txt2img", {"prompt": prompt} | TXT2IMG)
+    assert status == 200, body
+    return base64.b64decode(body["images"][0]), body["info"]
+
+
+def txt2img(server, prompt: str) -> bytes:
+    return txt2img_info(server, prompt)[0]
+
+
+def invert(server, name: str, **options) -> tuple[int, dict]:
+    """Invert chelsea as "a tabby cat" in 4 steps at 64 px, unless `options` say otherwise."""
+    body = {"image": chelsea_b64(), "caption": "a tabby cat", "name": name, "steps": 4, "resolution": 64}
+    return server.call("/captinv/v1/invert", body | options)
+
+
+def perfusion(server, name: str, caption: str, **options) -> tuple[int, dict]:
+    """A Perfusion concept of chelsea in 3 steps at 64 px, on a 64-prompt covariance."""
+    body = {"image": chelsea_b64(), "caption": caption, "name": name, "steps": 3, "resolution": 64}
+    return server.call("/captinv/v1/perfusion", body | {"covariance_prompts": 64} | options)

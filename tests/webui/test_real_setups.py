@@ -1,0 +1,34 @@
+"""The WebUI as users leave it between runs: a LoRA still merged from the last picture."""
+
+from __future__ import annotations
+
+from safetensors import safe_open
+
+from tests.webui.calls import invert, txt2img
+from tests.webui.lora import make_lora
+
+
+def _losses(server, name: str, **options) -> list[float]:
+    status, result = invert(server, name, steps=3, seed=5, **options)
+    assert status == 200, result
+    return result["losses"]
+
+
+def test_a_run_after_a_lora_generation_trains_against_the_checkpoint(server):
+    make_lora(server.checkpoint, server.data / "models" / "Lora" / "tinylora.safetensors")
+    assert server.call("/sdapi/v1/refresh-loras", {})[0] == 200
+    prompt = "a photo of a tabby cat"
+    clean = _losses(server, "lora-clean")  # no LoRA has ever been applied
+    stock = txt2img(server, prompt)
+    with_lora = txt2img(server, f"{prompt} <lora:tinylora:1>")
+    assert with_lora != stock  # the LoRA changes the model, and stays merged after this generation
+
+    assert _losses(server, "lora-after") == clean  # trained against the checkpoint's own weights
+    kept = _losses(server, "lora-kept", keep_active_networks=True)
+    assert kept != clean  # asked for: on top of the LoRA, and the files say so
+    with safe_open(str(server.data / "embeddings" / "lora-kept-all.safetensors"), "pt") as handle:
+        assert handle.metadata()["webui_networks"] == "<lora:tinylora:1>"
+
+    # the LoRA state is as the generation left it: with the tag and without, the same images as before
+    assert txt2img(server, f"{prompt} <lora:tinylora:1>") == with_lora
+    assert txt2img(server, prompt) == stock
