@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import base64
+import io
+
+from PIL import Image
 
 from tests.webui.photo import chelsea_b64
 
@@ -10,10 +13,12 @@ TXT2IMG = {"steps": 2, "width": 64, "height": 64, "seed": 11, "sampler_name": "E
 
 
 def txt2img_info(server, prompt: str) -> tuple[bytes, str]:
-    """The PNG bytes and the infotext JSON of a 64 px, 2-step image with a fixed seed."""
+    """The pixels and the infotext JSON of a 64 px, 2-step image with a fixed seed. Pixels, not the
+    PNG: its text chunk holds the prompt, so two prompts never give equal files."""
     status, body = server.call("/sdapi/v1/txt2img", {"prompt": prompt} | TXT2IMG)
     assert status == 200, body
-    return base64.b64decode(body["images"][0]), body["info"]
+    image = Image.open(io.BytesIO(base64.b64decode(body["images"][0])))
+    return image.convert("RGB").tobytes(), body["info"]
 
 
 def txt2img(server, prompt: str) -> bytes:

@@ -24,6 +24,8 @@ def test_a_run_after_a_lora_generation_trains_against_the_checkpoint(server):
     assert with_lora != stock  # the LoRA changes the model, and stays merged after this generation
 
     assert _losses(server, "lora-after") == clean  # trained against the checkpoint's own weights
+    # (that run's preview, a generation without the tag, unloaded the LoRA, as any such generation does)
+    assert txt2img(server, f"{prompt} <lora:tinylora:1>") == with_lora
     kept = _losses(server, "lora-kept", keep_active_networks=True)
     assert kept != clean  # asked for: on top of the LoRA, and the files say so
     with safe_open(str(server.data / "embeddings" / "lora-kept-all.safetensors"), "pt") as handle:

@@ -229,7 +229,7 @@ def test_refreshing_the_embedding_list_during_a_run_changes_nothing(server, page
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and server.call("/sdapi/v1/progress")[1]["state"]["job_no"] < 2:
         time.sleep(0.2)
-    page.click("#txt2img_extra_refresh")
+    page.click("#txt2img_textual_inversion_extra_refresh")
     worker.join(timeout=600)
     status, hit = outcome["answer"]
     assert status == 200, hit
