@@ -34,6 +34,7 @@ class InvertResult(RunReport):
     base: str
     combined_name: str
     word_names: list[str]
+    trained_words: list[str]  # the caption word each of `word_names` stands for
     files: list[Path]
 
     def to_dict(self) -> dict[str, Any]:
@@ -162,6 +163,7 @@ def invert(
         base=plan.base,
         combined_name=plan.combined_name,
         word_names=[w.name for w in plan.trainable],
+        trained_words=[w.text for w in plan.trainable],
         files=[f.path for f in files],
         text=plan.text,
         sentence=plan.sentence(),

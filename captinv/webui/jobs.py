@@ -26,7 +26,7 @@ from captinv.inversion import InvertResult, invert
 from captinv.perfusion.covariance import CovarianceCache
 from captinv.perfusion.training import PerfusionResult, text_covariance, train_concept
 from captinv.trainer import Callbacks, Progress
-from captinv.webui.cards import write_cards
+from captinv.webui.cards import Card, inversion_cards, training_note, write_cards
 from captinv.webui.options import WebUIOptions
 from captinv.webui.perfusion_tag import perfusion_tag
 
@@ -120,7 +120,7 @@ def _base(name: str | None, sources: list[ImageSource]) -> str:
     return "captinv"
 
 
-def _finish(host: Host, prompt: str, config: InvertConfig, resolution: int) -> Image.Image | None:
+def _preview(host: Host, prompt: str, config: InvertConfig, resolution: int) -> Image.Image | None:
     """The preview, counted as the run's last phase so the bar reaches 100 % only after it."""
     if not host.option("captinv_preview"):
         return None
@@ -146,19 +146,21 @@ def run_inversion(
             photos,
             config.text,
             config,
-            host.embeddings_dir,
+            host.embeddings_dir / "captinv" / base,
             base=base,
             callbacks=_callbacks(host, config.steps),
         )
-        resolution = config.resolution or backend.default_resolution
+        resolution, context = config.resolution or backend.default_resolution, backend.run_metadata()
     host.load_new_embeddings()
-    preview = _finish(host, f"a photo of {result.combined_name}", config, resolution)
+    # with networks kept for the run, the preview uses them too
+    prompt = f"a photo of {result.combined_name} {context.get('webui_networks', '')}".strip()
+    preview = _preview(host, prompt, config, resolution)
     if host.option("captinv_card_files"):
-        # the combined name's card shows what it generates; a word's card, the photo it came from
-        pictures = {word: photos[0] for word in result.word_names} | {
-            result.combined_name: preview or photos[0]
-        }
-        write_cards(result.files[0].parent, pictures, f"captinv: {result.sentence}")
+        words = dict(zip(result.word_names, result.trained_words))
+        cards = inversion_cards(
+            result.combined_name, words, result.text, photos[0], preview, training_note(context)
+        )
+        write_cards(result.files[0].parent, cards)
     return result, preview
 
 
@@ -203,10 +205,9 @@ def run_perfusion(
         )
         resolution = config.resolution or backend.default_resolution
     host.reset_conditioning_cache()
-    preview = _finish(
-        host, f"a photo of {result.sentence} {perfusion_tag(result.name, options.beta)}", config, resolution
-    )
+    prompt = f"a photo of {result.sentence} {perfusion_tag(result.name, options.beta)}"
+    preview = _preview(host, prompt, config, resolution)
     if host.option("captinv_card_files"):
         description = f"captinv Perfusion, keys locked to '{result.superclass}': {result.sentence}"
-        write_cards(result.path.parent, {result.name: preview or photos[0]}, description)
+        write_cards(result.path.parent, [Card(result.name, preview or photos[0], description)])
     return result, preview

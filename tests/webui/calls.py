@@ -35,3 +35,8 @@ def perfusion(server, name: str, caption: str, **options) -> tuple[int, dict]:
     """A Perfusion concept of chelsea in 3 steps at 64 px, on a 64-prompt covariance."""
     body = {"image": chelsea_b64(), "caption": caption, "name": name, "steps": 3, "resolution": 64}
     return server.call("/captinv/v1/perfusion", body | {"covariance_prompts": 64} | options)
+
+
+def run_folder(server, base: str):
+    """Where a run named `base` writes its set: its own folder, shown as a filter in Extra Networks."""
+    return server.data / "embeddings" / "captinv" / base

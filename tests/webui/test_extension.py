@@ -7,7 +7,7 @@ import json
 import threading
 import time
 
-from tests.webui.calls import invert, perfusion, txt2img, txt2img_info
+from tests.webui.calls import invert, perfusion, run_folder, txt2img, txt2img_info
 from tests.webui.photo import chelsea_b64
 
 
@@ -40,12 +40,12 @@ def test_inverted_names_are_loaded_and_change_txt2img(server):
     trained = (txt2img(server, combined_prompt), txt2img(server, word_prompt))
     assert trained[0] not in (before[0], untrained[0])
     assert trained[1] not in (before[1], untrained[1])
-    assert (server.data / "embeddings" / "chelsea-all.preview.png").is_file()
+    assert (run_folder(server, "chelsea") / "chelsea-all.preview.png").is_file()
 
 
 def test_taken_name_is_refused_and_files_stay(server):
     assert invert(server, "twice")[0] == 200
-    written = server.data / "embeddings" / "twice-all.safetensors"
+    written = run_folder(server, "twice") / "twice-all.safetensors"
     content = written.read_bytes()
     status, body = invert(server, "twice")
     assert status == 409 and "already exists" in body["detail"]
@@ -75,7 +75,7 @@ def test_interrupt_stops_the_run_and_writes_nothing(server):
     worker.join(timeout=120)
     status, body = outcome["answer"]
     assert status == 409 and "nothing was written" in body["detail"]
-    assert not list((server.data / "embeddings").glob("stopped-*"))
+    assert not list((server.data / "embeddings").rglob("stopped-*"))
 
 
 def test_perfusion_concepts_apply_with_their_tag_and_only_then(server):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from safetensors import safe_open
 
-from tests.webui.calls import invert, txt2img
+from tests.webui.calls import invert, run_folder, txt2img
 from tests.webui.lora import make_lora
 
 
@@ -28,7 +28,7 @@ def test_a_run_after_a_lora_generation_trains_against_the_checkpoint(server):
     assert txt2img(server, f"{prompt} <lora:tinylora:1>") == with_lora
     kept = _losses(server, "lora-kept", keep_active_networks=True)
     assert kept != clean  # asked for: on top of the LoRA, and the files say so
-    with safe_open(str(server.data / "embeddings" / "lora-kept-all.safetensors"), "pt") as handle:
+    with safe_open(str(run_folder(server, "lora-kept") / "lora-kept-all.safetensors"), "pt") as handle:
         assert handle.metadata()["webui_networks"] == "<lora:tinylora:1>"
 
     # the LoRA state is as the generation left it: with the tag and without, the same images as before

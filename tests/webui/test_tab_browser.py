@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from tests.webui.calls import invert
+from tests.webui.calls import invert, run_folder
 from tests.webui.photo import chelsea, chelsea_b64
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
@@ -113,7 +113,7 @@ def test_invert_in_the_tab_then_send_a_name_to_txt2img(server, page, tmp_path):
     prompt = page.locator("#txt2img_prompt textarea")
     sync_api.expect(prompt).to_have_value("kitty-all")
     assert prompt.is_visible()  # switched to the txt2img tab
-    assert (server.data / "embeddings" / "kitty-all.safetensors").is_file()
+    assert (run_folder(server, "kitty") / "kitty-all.safetensors").is_file()
 
 
 def test_train_a_perfusion_concept_in_the_tab_and_send_its_prompt(server, page, tmp_path):
@@ -213,6 +213,14 @@ def test_new_cards_are_in_extra_networks_without_a_refresh(server, page, tmp_pat
     page.locator("#txt2img_extra_tabs button", has_text="Textual Inversion").first.click()
     card = page.locator('#txt2img_textual_inversion_cards_html .card[data-name="fresh-all"]')
     card.wait_for(timeout=60_000)
+    # each run's set is a folder of its own, which Extra Networks offers as a filter
+    folder = page.locator("#txt2img_textual_inversion_dirs_view button", has_text="captinv/fresh")
+    if not folder.count():
+        folder = page.get_by_role("button", name=re.compile(r"captinv/fresh/?$"))
+    folder.first.click()
+    sync_api.expect(card).to_be_visible()
+    assert "word" in page.locator('.card[data-name="fresh-w02-tabby"] .description').first.inner_text()
+    page.screenshot(path=str(tmp_path / "captinv-cards.png"), full_page=True)
 
 
 def test_refreshing_the_embedding_list_during_a_run_changes_nothing(server, page, tmp_path):
