@@ -214,10 +214,7 @@ def test_new_cards_are_in_extra_networks_without_a_refresh(server, page, tmp_pat
     card = page.locator('#txt2img_textual_inversion_cards_html .card[data-name="fresh-all"]')
     card.wait_for(timeout=60_000)
     # each run's set is a folder of its own, which Extra Networks offers as a filter
-    folder = page.locator("#txt2img_textual_inversion_dirs_view button", has_text="captinv/fresh")
-    if not folder.count():
-        folder = page.get_by_role("button", name=re.compile(r"captinv/fresh/?$"))
-    folder.first.click()
+    page.locator("#txt2img_textual_inversion_pane button", has_text="captinv/fresh").first.click()
     sync_api.expect(card).to_be_visible()
     assert "word" in page.locator('.card[data-name="fresh-w02-tabby"] .description').first.inner_text()
     page.screenshot(path=str(tmp_path / "captinv-cards.png"), full_page=True)
