@@ -56,10 +56,7 @@ def training_note(metadata: dict[str, str]) -> str:
     """What a user must match when using the files: the clip skip and networks they were trained at."""
     note = ""
     if "clip_skip" in metadata:
-        note += (
-            f" Trained at clip skip {metadata['clip_skip']} (Settings → Clip skip); at another clip skip "
-            "it means something else."
-        )
+        note += f" Trained at clip skip {metadata['clip_skip']}: use the same Clip skip setting."
     if metadata.get("webui_networks"):
         note += f" Trained on top of {metadata['webui_networks']}."
     return note
