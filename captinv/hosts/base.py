@@ -151,6 +151,10 @@ class Host(ABC):
         must not lose a finished run)."""
 
     @abstractmethod
+    def show_live_preview(self, image: Image.Image) -> None:
+        """Show `image` where the WebUI shows a generation's live preview."""
+
+    @abstractmethod
     def webui_caption(self, images: list[Image.Image]) -> str:
         """A caption of the first image from the WebUI's own BLIP interrogator."""
 

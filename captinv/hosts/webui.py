@@ -109,6 +109,7 @@ class WebUIHost(Host):
             do_not_save_samples=True,
             do_not_save_grid=True,
         )
+        p.do_not_reload_embeddings = True  # what the run registered is what the preview shows
         try:
             return processing.process_images(p).images[0]
         except Exception:  # a failed preview must not lose a finished run
@@ -116,6 +117,9 @@ class WebUIHost(Host):
             return None
         finally:
             p.close()
+
+    def show_live_preview(self, image: Image.Image) -> None:
+        shared.state.assign_current_image(image)
 
     def webui_caption(self, images: list[Image.Image]) -> str:
         """The WebUI's own BLIP (models/BLIP), without its CLIP ranking and without touching
@@ -171,6 +175,8 @@ class WebUIHost(Host):
         for setting in settings:
             component = components[setting.component]
             info = shared.OptionInfo(setting.default, setting.label, component, setting.component_args)
+            if setting.needs_reload:
+                info = info.needs_reload_ui()
             info.section = SECTION
             shared.opts.add_option(setting.key, info)
 

@@ -17,6 +17,7 @@ from typing import Any
 from PIL import Image
 
 from captinv import names
+from captinv.backends.base import Vectors
 from captinv.captioning import init_source
 from captinv.config import InvertConfig, PerfusionOptions
 from captinv.errors import CaptinvError, CaptionError, ModelLoadError
@@ -51,7 +52,7 @@ def _phase(host: Host, text: str) -> None:
     host.set_status(f"captinv: {text}")
 
 
-def _callbacks(host: Host, total: int) -> Callbacks:
+def _callbacks(host: Host, total: int, seed: int, resolution: int) -> Callbacks:
     """The host's progress callbacks, also recording the losses for the live display; the
     preview counts as one more job, so the bar reaches 100 % only after it."""
     callbacks = host.training_callbacks(total, after=1 if host.option("captinv_preview") else 0)
@@ -64,7 +65,26 @@ def _callbacks(host: Host, total: int) -> Callbacks:
         if report is not None:
             report(update)
 
-    return dataclasses.replace(callbacks, progress=progress)
+    every = int(host.option("captinv_live_preview_every") or 0)
+    return dataclasses.replace(
+        callbacks,
+        progress=progress,
+        preview=_live_preview(host, seed, resolution),
+        preview_every=max(every, 0),
+    )
+
+
+def _live_preview(host: Host, seed: int, resolution: int):
+    """Every N steps: the words learned so far, rendered and shown as the WebUI's live preview."""
+
+    def preview(step: int, vectors: dict[str, Vectors]) -> None:
+        for name, rows in vectors.items():
+            host.register_embedding(name, rows)  # the run's own registration comes back next step
+        image = host.render_preview(f"a photo of {' '.join(vectors)}", seed, resolution)
+        if image is not None:
+            host.show_live_preview(image)
+
+    return preview
 
 
 def _config(host: Host, values: dict[str, Any], source: str, text: str | None) -> InvertConfig:
@@ -141,6 +161,7 @@ def run_inversion(
     base = _base(name, sources)
     _phase(host, f"encoding {len(photos)} photo(s) and planning the words")
     with host.training_backend(keep_networks=(webui or WebUIOptions()).keep_active_networks) as backend:
+        resolution = config.resolution or backend.default_resolution
         result = invert(
             backend,
             photos,
@@ -148,9 +169,9 @@ def run_inversion(
             config,
             host.embeddings_dir / "captinv" / base,
             base=base,
-            callbacks=_callbacks(host, config.steps),
+            callbacks=_callbacks(host, config.steps, config.seed, resolution),
         )
-        resolution, context = config.resolution or backend.default_resolution, backend.run_metadata()
+        context = backend.run_metadata()
     host.load_new_embeddings()
     # with networks kept for the run, the preview uses them too
     prompt = f"a photo of {result.combined_name} {context.get('webui_networks', '')}".strip()
@@ -178,12 +199,13 @@ def run_perfusion(
     options = PerfusionOptions.from_mapping(perfusion_values)
     photos, config = _prepare(host, sources, text, source, values)
     base = _base(name, sources)
-    callbacks = _callbacks(host, config.steps)
 
     def covariance_progress(done: int, total: int) -> None:
         _phase(host, f"text-encoding covariance, {done}/{total} prompts (once per model)")
 
     with host.training_backend(keep_networks=(webui or WebUIOptions()).keep_active_networks) as backend:
+        resolution = config.resolution or backend.default_resolution
+        callbacks = _callbacks(host, config.steps, config.seed, resolution)
         covariance = text_covariance(
             backend,
             options,
@@ -203,7 +225,6 @@ def run_perfusion(
             covariance=covariance,
             callbacks=callbacks,
         )
-        resolution = config.resolution or backend.default_resolution
     host.reset_conditioning_cache()
     prompt = f"a photo of {result.sentence} {perfusion_tag(result.name, options.beta)}"
     preview = _preview(host, prompt, config, resolution)

@@ -21,6 +21,7 @@ class Setting:
     label: str
     component: Literal["slider", "number"] | None = None  # None: the WebUI picks one from the default
     component_args: dict[str, Any] = field(default_factory=dict)
+    needs_reload: bool = False  # read when the tab is built: takes effect after Reload UI
 
 
 _DEFAULTS = InvertConfig()
@@ -33,10 +34,23 @@ SETTINGS = [
         "Default steps",
         "slider",
         {"minimum": 1, "maximum": 5000, "step": 1},
+        needs_reload=True,
     ),
-    Setting("captinv_default_learning_rate", _DEFAULTS.learning_rate, "Default learning rate", "number"),
+    Setting(
+        "captinv_default_learning_rate",
+        _DEFAULTS.learning_rate,
+        "Default learning rate",
+        "number",
+        needs_reload=True,
+    ),
     Setting("captinv_preview", True, "Render a preview with the combined name after a run"),
     Setting("captinv_preview_steps", 20, "Preview sampling steps"),
+    Setting(
+        "captinv_live_preview_every",
+        0,
+        "Live preview every N training steps (0: off; each one costs a txt2img, slow on a CPU)",
+        "number",
+    ),
     Setting(
         "captinv_card_files", True, "Write <name>.preview.png and a description for the Extra Networks cards"
     ),

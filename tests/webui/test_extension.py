@@ -109,3 +109,26 @@ def test_perfusion_concepts_apply_with_their_tag_and_only_then(server):
     assert len({one, stronger, both}) == 3
     # without the tag: the stock UNet and no concept word, bit for bit
     assert txt2img(server, prompt) == stock
+
+
+def test_progress_shows_step_loss_and_live_previews(server):
+    """/sdapi/v1/progress reports the step and loss; with live previews on, the words learned so far
+    appear as the WebUI's live preview during the run."""
+    assert server.call("/sdapi/v1/options", {"captinv_live_preview_every": 2})[0] == 200
+    outcome: dict = {}
+    worker = threading.Thread(target=lambda: outcome.update(answer=invert(server, "live", steps=8)))
+    worker.start()
+    seen_text, seen_image = "", None
+    deadline = time.monotonic() + 300
+    while worker.is_alive() and time.monotonic() < deadline:
+        progress = server.call("/sdapi/v1/progress")[1]
+        seen_text = (
+            progress.get("textinfo") or seen_text if "loss" in (progress.get("textinfo") or "") else seen_text
+        )
+        seen_image = progress.get("current_image") or seen_image
+        time.sleep(0.2)
+    worker.join(timeout=600)
+    server.call("/sdapi/v1/options", {"captinv_live_preview_every": 0})
+    assert outcome["answer"][0] == 200, outcome["answer"]
+    assert "step" in seen_text and "loss" in seen_text, seen_text
+    assert seen_image, "no live preview was shown"
