@@ -122,9 +122,8 @@ def test_progress_shows_step_loss_and_live_previews(server):
     deadline = time.monotonic() + 300
     while worker.is_alive() and time.monotonic() < deadline:
         progress = server.call("/sdapi/v1/progress")[1]
-        seen_text = (
-            progress.get("textinfo") or seen_text if "loss" in (progress.get("textinfo") or "") else seen_text
-        )
+        if "loss" in (progress.get("textinfo") or ""):
+            seen_text = progress["textinfo"]
         seen_image = progress.get("current_image") or seen_image
         time.sleep(0.2)
     worker.join(timeout=600)
