@@ -22,7 +22,7 @@ import torch
 
 from captinv.backends.base import Conditioning, EncoderSpec, ModelBackend, NoiseSchedule, Vectors
 from captinv.errors import ConfigError, ModelLoadError, UnsupportedModelError, option
-from captinv.hub import ModelSource, locate
+from captinv.hub import ModelSource, hub_reachable, locate
 
 log = logging.getLogger(__name__)
 
@@ -365,7 +365,9 @@ def _load_pipeline(source: ModelSource, dtype: torch.dtype) -> Any:
         with safe_open(str(path), "pt") as handle:
             is_xl = any(key.startswith("conditioner.embedders.1") for key in handle.keys())
         pipeline_class = diffusers.StableDiffusionXLPipeline if is_xl else diffusers.StableDiffusionPipeline
-        return pipeline_class.from_single_file(str(path), torch_dtype=dtype)
+        # its configuration comes from the hub's cache: without a network, look there only (no retries)
+        offline = {} if hub_reachable() else {"local_files_only": True}
+        return pipeline_class.from_single_file(str(path), torch_dtype=dtype, **offline)
     extra: dict[str, Any] = dict(source.load_kwargs)
     index = path / "model_index.json"
     if index.is_file() and json.loads(index.read_text()).get("_class_name") == "StableDiffusionPipeline":
