@@ -209,11 +209,11 @@ def _load_backend(args: argparse.Namespace, device):
     return DiffusersBackend.load(args.model, device=device)
 
 
-def _init_text(args: argparse.Namespace, config: InvertConfig, images, device) -> str:
+def _init_text(args: argparse.Namespace, config: InvertConfig, images, device: Any, first_image: str) -> str:
     """The init text, from --text, the caption file or the captioner (run before the model loads)."""
     from captinv.captioning import PlainText, init_source
 
-    source = init_source(config, str(device), args.images[0])
+    source = init_source(config, str(device), first_image)
     if not isinstance(source, PlainText):
         _quiet_libraries(args)
     return source.describe(images)
@@ -244,14 +244,11 @@ def _progress_bar(total: int):
 
 
 def _caption(args: argparse.Namespace, written: _Written) -> None:
-    from captinv.captioning import init_source
     from captinv.images import load_images
 
     config = _options(args)
     images = load_images([args.image])
-    source = init_source(config, first_image=args.image)
-    _quiet_libraries(args)
-    print(source.describe(images))
+    print(_init_text(args, config, images, "cpu", args.image))
 
 
 def _preview(args: argparse.Namespace, written: _Written, name: str, render: Callable[[], Any]) -> None:
@@ -278,7 +275,7 @@ def _invert(args: argparse.Namespace, written: _Written) -> None:
     base = default_base(config, args.images[0])
     device = device_for(args.device)
     locate_model(args.model)
-    text = _init_text(args, config, images, device)
+    text = _init_text(args, config, images, device, args.images[0])
     check_inputs(text, base, config, args.out)
     _show_init_text(config, text)
     backend = _load_backend(args, device)
@@ -325,7 +322,7 @@ def _perfusion(args: argparse.Namespace, written: _Written) -> None:
     device = device_for(args.device)
     locate_model(args.model)
     files.check_folder(args.covariance_cache)
-    text = _init_text(args, config, images, device)
+    text = _init_text(args, config, images, device, args.images[0])
     check_concept_inputs(text, name, config, options, args.out)
     _show_init_text(config, text)
     backend = _load_backend(args, device)
