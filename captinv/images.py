@@ -43,22 +43,26 @@ def load_image(source: ImageSource) -> Image.Image:
     """An upright RGB PIL image from a path, encoded bytes, an array or a PIL image."""
     if source is None:
         raise ImageError("No image given: drop a photo on the image box (or pass a file).")
+    label = Path(source).name if isinstance(source, (str, Path)) else "The image"
     too_large = f"captinv reads images up to {MAX_PIXELS / 1e6:.0f} megapixels. Downscale it first."
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # MAX_PIXELS decides
             image = _open(source)
             if image.width * image.height > MAX_PIXELS:
-                raise ImageError(f"The image is {image.width}x{image.height}; {too_large}")
+                raise ImageError(f"{label} is {image.width}x{image.height}; {too_large}")
             image.load()
     except Image.DecompressionBombError as err:
-        raise ImageError(f"The image is too large ({err}); {too_large}") from err
-    except (UnidentifiedImageError, OSError, TypeError, ValueError) as err:
-        raise ImageError(f"Could not read the image ({err}). Use a PNG, JPEG or WebP file.") from err
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6
+        raise ImageError(f"{label} has over {limit:.0f} megapixels; {too_large}") from err
+    except UnidentifiedImageError as err:
+        raise ImageError(f"{label} is not an image file. Use a PNG, JPEG or WebP file.") from err
+    except (OSError, TypeError, ValueError) as err:
+        raise ImageError(f"Could not read {label} ({err}). Use a PNG, JPEG or WebP file.") from err
     image = ImageOps.exif_transpose(image).convert("RGB")
     if min(image.size) < MIN_SIDE:
         raise ImageError(
-            f"The image is {image.width}x{image.height}; it needs at least {MIN_SIDE} px per side."
+            f"{label} is {image.width}x{image.height}; it needs at least {MIN_SIDE} px per side."
         )
     return image
 

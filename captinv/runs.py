@@ -116,7 +116,7 @@ def run(
     embedding names that were checked to be free.
     """
     started = time.perf_counter()
-    config, out_dir = recipe.config, Path(out_dir)
+    config, out_dir = recipe.config, Path(out_dir).resolve()
     plan = checked_plan(backend, recipe, out_dir)
     latents = build_latent_cache(
         backend,
