@@ -1,7 +1,13 @@
 """Command line: `python -m captinv caption|invert|perfusion|generate|inspect ...`.
 
 Flags of `invert` and `perfusion` are generated from `InvertConfig` and
-`PerfusionOptions`, so the CLI, the tab and the API cannot drift apart. A `CaptinvError` is printed as one line and exits 2.
+`PerfusionOptions`, so the CLI, the tab and the API cannot drift apart.
+
+Every user error is one line on stderr and exit code 2, argparse's own
+included, and every command checks what it can before it loads a model: the
+options, the images, the output folder and names, the device, where the model
+is. Ctrl-C prints what exists afterwards. Anything else is a bug: its
+traceback is printed with a line that says so (exit 1).
 """
 
 from __future__ import annotations
@@ -9,86 +15,142 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
+import re
 import sys
+import traceback
 import typing
+import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from captinv.config import InvertConfig, PerfusionOptions
-from captinv.errors import CaptinvError
+from captinv.config import GenerateOptions, InvertConfig, PerfusionOptions
+from captinv.errors import CaptinvError, ConfigError, FileFormatError, OutputError, cli_flag
 
 log = logging.getLogger("captinv")
 
-
-def _flag_kwargs(spec: dataclasses.Field, options: type = InvertConfig) -> dict:
-    hint = typing.get_type_hints(options)[spec.name]
-    kwargs: dict = {"help": f"{spec.metadata['help']} (default: {spec.default})", "default": spec.default}
-    if spec.metadata.get("choices"):
-        kwargs["choices"] = spec.metadata["choices"]
-    if hint is bool:
-        kwargs["action"] = argparse.BooleanOptionalAction
-        return kwargs
-    base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
-    kwargs["type"] = base if base in (int, float) else str
-    return kwargs
-
-
 _MODEL_HELP = "Diffusers folder, hub id, .safetensors checkpoint, or 'miniworld'."
+_DEVICE_HELP = "cpu, cuda, cuda:1 ... (default: cuda if available)."
 # Caption-inversion options with no meaning for a single concept word.
 _NOT_FOR_PERFUSION = ("vectors_per_word", "train_function_words")
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+# Library messages that are noise for a CLI user (kept with -v); real warnings still show.
+_NOISE = re.compile(
+    "|".join(
+        (
+            r"`accelerate` was not found",
+            r"`torch_dtype` is deprecated",
+            r"modules that should be kept in float32",
+            r"disabled the safety checker",
+            r"Failed to load image Python extension",
+            r"torchvision",
+        )
+    )
+)
 
 
-def _model_flags(parser: argparse.ArgumentParser, default_out: str) -> None:
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line like every other error (still exit 2)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"captinv: error: {message} (see: {self.prog} --help)\n")
+
+
+def _value_parser(base: type, optional: bool) -> Callable[[str], Any]:
+    """`base(text)`, or None for "none" when the option is optional (e.g. --max-grad-norm none)."""
+
+    def parse(text: str) -> Any:
+        return None if optional and text.strip().lower() == "none" else base(text)
+
+    parse.__name__ = base.__name__  # argparse names it in "invalid float value: 'x'"
+    return parse
+
+
+def _add_option(
+    parser: argparse.ArgumentParser, spec: dataclasses.Field, options: type, **change: Any
+) -> None:
+    """The flag of one option field: its help (with its default, once), type and choices."""
+    hint = typing.get_type_hints(options)[spec.name]
+    args = typing.get_args(hint)
+    base = next((t for t in args if t is not type(None)), hint)
+    text = change.pop("help", spec.metadata["help"]).replace("%", "%%")
+    if "default" not in text and spec.default is not None:
+        text += " (default: %(default)s)"
+    kwargs: dict[str, Any] = {"default": spec.default, "dest": spec.name}
+    choices = change.pop("choices", spec.metadata.get("choices"))
+    if choices:
+        kwargs["choices"] = choices
+    flag = cli_flag(spec.name)
+    if base is bool:
+        action = parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+    else:
+        is_number = base in (int, float)
+        kind = base if is_number else str
+        action = parser.add_argument(
+            flag, type=_value_parser(kind, is_number and type(None) in args), **kwargs
+        )
+    action.help = text  # set after construction: Python 3.10's BooleanOptionalAction appends the default too
+
+
+def _add_options(parser: argparse.ArgumentParser, options: type, skip: tuple[str, ...] = ()) -> None:
+    for spec in dataclasses.fields(options):
+        if spec.name not in skip:
+            _add_option(parser, spec, options)
+
+
+def _run_flags(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--model", required=True, help=_MODEL_HELP)
     parser.add_argument(
-        "--out", type=Path, default=Path(default_out), help=f"Output folder (default: ./{default_out})."
+        "--out", type=Path, default=Path(default_out), help="Output folder (default: ./%(default)s)."
     )
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
+    parser.add_argument("--device", default=None, help=_DEVICE_HELP)
     parser.add_argument(
         "--sample", action="store_true", help="Also render <name>.preview.png with the result."
     )
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="captinv", description="Turn a photo into reusable prompt words.")
+    parser = _Parser(prog="captinv", description="Turn a photo into reusable prompt words.")
     parser.add_argument("-v", "--verbose", action="store_true", help="Log what happens.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     caption = commands.add_parser("caption", help="Print the caption (or label) an image would start from.")
     caption.add_argument("image")
-    for name in ("init", "captioner", "classifier", "caption_beams", "caption_max_tokens"):
-        spec = next(f for f in dataclasses.fields(InvertConfig) if f.name == name)
-        caption.add_argument(f"--{name.replace('_', '-')}", dest=name, **_flag_kwargs(spec))
+    fields = {spec.name: spec for spec in dataclasses.fields(InvertConfig)}
+    _add_option(
+        caption,
+        fields["init"],
+        InvertConfig,
+        choices=("caption", "classify"),
+        help="BLIP caption (or the image's .txt caption file), or an image classifier's label.",
+    )
+    for name in ("captioner", "classifier", "caption_beams", "caption_max_tokens"):
+        _add_option(caption, fields[name], InvertConfig)
 
     invert = commands.add_parser("invert", help="Train pseudo-words from image(s) and write embedding files.")
     invert.add_argument("images", nargs="+", help="One photo (main mode) or a few of the same subject.")
-    _model_flags(invert, default_out="embeddings")
-    for spec in dataclasses.fields(InvertConfig):
-        invert.add_argument(f"--{spec.name.replace('_', '-')}", dest=spec.name, **_flag_kwargs(spec))
+    _run_flags(invert, default_out="embeddings")
+    _add_options(invert, InvertConfig)
 
     perfusion = commands.add_parser(
         "perfusion", help="Train a Perfusion concept (key-locked K/V edits) from one photo."
     )
     perfusion.add_argument("images", nargs="+", help="One photo (or a few) of the concept.")
-    _model_flags(perfusion, default_out="perfusion")
+    _run_flags(perfusion, default_out="perfusion")
     perfusion.add_argument(
         "--covariance-cache",
         type=Path,
         default=Path("perfusion") / "covariance",
-        help="Folder of cached text-encoding covariances (default: ./perfusion/covariance).",
+        help="Folder of cached text-encoding covariances (default: ./%(default)s).",
     )
-    for options in (InvertConfig, PerfusionOptions):
-        for spec in dataclasses.fields(options):
-            if options is InvertConfig and spec.name in _NOT_FOR_PERFUSION:
-                continue
-            flag = f"--{spec.name.replace('_', '-')}"
-            perfusion.add_argument(flag, dest=spec.name, **_flag_kwargs(spec, options))
+    _add_options(perfusion, InvertConfig, skip=_NOT_FOR_PERFUSION)
+    _add_options(perfusion, PerfusionOptions)
 
     generate = commands.add_parser("generate", help="Render a prompt with embeddings and Perfusion concepts.")
     generate.add_argument("prompt")
     generate.add_argument("--model", required=True, help=_MODEL_HELP)
-    generate.add_argument(
-        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."
-    )
+    generate.add_argument("--device", default=None, help=_DEVICE_HELP)
     generate.add_argument("--embedding", type=Path, action="append", default=[], help="An embedding file.")
     generate.add_argument(
         "--concept",
@@ -97,36 +159,82 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE[:BETA]",
         help="A Perfusion concept file, optionally with its gate bias β (lower: stronger).",
     )
-    generate.add_argument("--steps", type=int, default=20)
-    generate.add_argument("--guidance", type=float, default=7.0)
-    generate.add_argument("--seed", type=int, default=0)
-    generate.add_argument("--out", type=Path, default=Path("captinv.png"), help="PNG to write.")
+    _add_options(generate, GenerateOptions)
+    generate.add_argument(
+        "--out", type=Path, default=Path("captinv.png"), help="Image to write (default: %(default)s)."
+    )
 
     inspect = commands.add_parser(
-        "inspect", help="Show names, shapes, norms and metadata of embedding files."
+        "inspect", help="Show names, shapes, norms and metadata of embedding and Perfusion concept files."
     )
     inspect.add_argument("files", nargs="+", type=Path)
     return parser
 
 
-def _config(args: argparse.Namespace, options: type = InvertConfig):
+@dataclasses.dataclass
+class _Written:
+    """Files this command has written so far: what an interrupt message must mention."""
+
+    paths: list[Path] = dataclasses.field(default_factory=list)
+
+
+def _options(args: argparse.Namespace, options: type = InvertConfig):
     known = {f.name for f in dataclasses.fields(options)}
     return options(**{k: v for k, v in vars(args).items() if k in known})
 
 
-def _caption(args: argparse.Namespace) -> None:
-    from captinv.captioning import init_source
-    from captinv.images import load_images
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _NOISE.search(record.getMessage())
 
-    print(init_source(_config(args), first_image=args.image).describe(load_images([args.image])))
+
+def _quiet_libraries(args: argparse.Namespace) -> None:
+    """Before a model loads: no loading bars, no warnings that are noise for a user (unless -v)."""
+    if args.verbose:
+        return
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    for library in (diffusers_logging, transformers_logging):
+        for handler in library.get_logger().handlers:  # the library's own root handler
+            handler.addFilter(_DropNoise())
+    warnings.filterwarnings("ignore", message=_NOISE.pattern)
+
+
+def _load_backend(args: argparse.Namespace, device):
+    from captinv.backends.diffusers_backend import DiffusersBackend
+
+    _quiet_libraries(args)
+    return DiffusersBackend.load(args.model, device=device)
+
+
+def _init_text(args: argparse.Namespace, config: InvertConfig, images, device: Any, first_image: str) -> str:
+    """The init text, from --text, the caption file or the captioner (run before the model loads)."""
+    from captinv.captioning import PlainText, init_source
+
+    source = init_source(config, str(device), first_image)
+    if not isinstance(source, PlainText):
+        _quiet_libraries(args)
+    return source.describe(images)
+
+
+def _show_init_text(config: InvertConfig, text: str) -> None:
+    """Say which text the run starts from, unless the user typed it (once the checks passed)."""
+    if config.text is None:
+        print(f"init text: {text}", file=sys.stderr)
 
 
 def _progress_bar(total: int):
+    """A bar that appears with the first step, so a run refused before training shows none."""
     from tqdm import tqdm
 
-    bar = tqdm(total=total, unit="step", dynamic_ncols=True)
+    bars: list[tqdm] = []
 
     def update(progress) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, unit="step", dynamic_ncols=True))
+        bar = bars[0]
         bar.update(progress.step - bar.n)
         bar.set_postfix(loss=f"{progress.loss:.4f}")
         if progress.step == total:
@@ -135,27 +243,52 @@ def _progress_bar(total: int):
     return update
 
 
-def _invert(args: argparse.Namespace) -> None:
-    from captinv.backends.diffusers_backend import DiffusersBackend
-    from captinv.captioning import init_source
+def _caption(args: argparse.Namespace, written: _Written) -> None:
     from captinv.images import load_images
-    from captinv.inversion import default_base, invert
+
+    config = _options(args)
+    images = load_images([args.image])
+    print(_init_text(args, config, images, "cpu", args.image))
+
+
+def _preview(args: argparse.Namespace, written: _Written, name: str, render: Callable[[], Any]) -> None:
+    """`<name>.preview.png` beside the files just written; an interrupt here keeps those files."""
+    import io
+
+    from captinv import files
+
+    buffer = io.BytesIO()
+    render().save(buffer, format="PNG")
+    path = files.write_file(args.out / f"{name}.preview.png", buffer.getvalue(), overwrite=True)
+    written.paths.append(path)
+    print(path)
+
+
+def _invert(args: argparse.Namespace, written: _Written) -> None:
+    from captinv.backends.diffusers_backend import device_for, locate_model
+    from captinv.images import load_images
+    from captinv.inversion import check_inputs, default_base, invert
     from captinv.trainer import Callbacks
 
-    config = _config(args)
+    config = _options(args)
     images = load_images(args.images)
-    backend = DiffusersBackend.load(args.model, device=args.device)
-    text = init_source(config, str(backend.device), args.images[0]).describe(images)
-    print(f"init text: {text}", file=sys.stderr)
+    base = default_base(config, args.images[0])
+    device = device_for(args.device)
+    locate_model(args.model)
+    text = _init_text(args, config, images, device, args.images[0])
+    check_inputs(text, base, config, args.out)
+    _show_init_text(config, text)
+    backend = _load_backend(args, device)
     result = invert(
         backend,
         images,
         text,
         config,
         args.out,
-        base=default_base(config, args.images[0]),
+        base=base,
         callbacks=Callbacks(progress=_progress_bar(config.steps)),
     )
+    written.paths += result.files
     for path in result.files:
         print(path)
     print(f"prompt with: {result.combined_name}   or word by word: {result.sentence}", file=sys.stderr)
@@ -163,28 +296,36 @@ def _invert(args: argparse.Namespace) -> None:
         from captinv.embedding_io import read_embedding
 
         embeddings = {path.stem: read_embedding(path).vectors for path in result.files}
-        preview = args.out / f"{result.combined_name}.preview.png"
-        backend.generate(f"a photo of {result.combined_name}", embeddings, seed=config.seed).save(preview)
-        print(preview)
+        prompt = f"a photo of {result.combined_name}"
+        _preview(
+            args,
+            written,
+            result.combined_name,
+            lambda: backend.generate(prompt, embeddings, seed=config.seed),
+        )
 
 
-def _perfusion(args: argparse.Namespace) -> None:
-    from captinv.backends.diffusers_backend import DiffusersBackend
-    from captinv.captioning import init_source
+def _perfusion(args: argparse.Namespace, written: _Written) -> None:
+    from captinv import files
+    from captinv.backends.diffusers_backend import device_for, locate_model
     from captinv.images import load_images
     from captinv.inversion import default_base
     from captinv.perfusion import editing
     from captinv.perfusion.concept import PerfusionConcept
     from captinv.perfusion.covariance import CovarianceCache
-    from captinv.perfusion.training import text_covariance, train_concept
+    from captinv.perfusion.training import check_concept_inputs, text_covariance, train_concept
     from captinv.trainer import Callbacks
 
-    config, options = _config(args), _config(args, PerfusionOptions)
+    config, options = _options(args), _options(args, PerfusionOptions)
     images = load_images(args.images)
-    backend = DiffusersBackend.load(args.model, device=args.device)
-    text = init_source(config, str(backend.device), args.images[0]).describe(images)
-    print(f"init text: {text}", file=sys.stderr)
-    covariance = text_covariance(backend, options, CovarianceCache(args.covariance_cache))
+    name = default_base(config, args.images[0])
+    device = device_for(args.device)
+    locate_model(args.model)
+    files.check_folder(args.covariance_cache)
+    text = _init_text(args, config, images, device, args.images[0])
+    check_concept_inputs(text, name, config, options, args.out)
+    _show_init_text(config, text)
+    backend = _load_backend(args, device)
     result = train_concept(
         backend,
         images,
@@ -192,70 +333,144 @@ def _perfusion(args: argparse.Namespace) -> None:
         config,
         options,
         args.out,
-        name=default_base(config, args.images[0]),
-        covariance=covariance,
+        name=name,
+        covariance=lambda: text_covariance(backend, options, CovarianceCache(args.covariance_cache)),
         callbacks=Callbacks(progress=_progress_bar(config.steps)),
     )
+    written.paths.append(result.path)
     print(result.path)
     print(
         f"{result.name} ({result.superclass}): {result.size}; prompt with: {result.sentence}", file=sys.stderr
     )
     if args.sample:
         concept = PerfusionConcept.load(result.path)
-        preview = args.out / f"{result.name}.preview.png"
-        with editing.applied(backend.denoiser(), concept):
-            image = backend.generate(
-                f"a photo of {result.sentence}", {concept.name: concept.embedding}, seed=config.seed
-            )
-        image.save(preview)
-        print(preview)
+
+        def render():
+            with editing.applied(backend.denoiser(), concept):
+                prompt = f"a photo of {result.sentence}"
+                return backend.generate(prompt, {concept.name: concept.embedding}, seed=config.seed)
+
+        _preview(args, written, result.name, render)
 
 
 def _concept_arg(item: str) -> tuple[Path, float | None]:
-    """`FILE` or `FILE:BETA`."""
+    """`FILE` or `FILE:BETA` (a file name may itself hold a ':')."""
     path, separator, beta = item.rpartition(":")
-    try:
-        return (Path(path), float(beta)) if separator else (Path(item), None)
-    except ValueError:
+    if not separator or Path(item).is_file():
         return Path(item), None
+    try:
+        value = float(beta)
+    except ValueError:
+        raise FileFormatError(f"No such Perfusion concept file: {item} (give FILE or FILE:BETA).") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"The β of --concept {item} must be a finite number, e.g. 0.7.")
+    return Path(path), value
 
 
-def _generate(args: argparse.Namespace) -> None:
+def _check_image_out(path: Path) -> None:
+    from captinv import files
+
+    if path.suffix.lower() not in _IMAGE_SUFFIXES:
+        raise OutputError(f"--out {path}: give an image file name ending in {', '.join(_IMAGE_SUFFIXES)}.")
+    if path.is_dir():
+        raise OutputError(
+            f"--out {path} is a folder; give an image file name such as {path / 'captinv.png'}."
+        )
+    files.check_folder(path.parent)
+
+
+def _generate(args: argparse.Namespace, written: _Written) -> None:
+    import io
     from contextlib import nullcontext
 
-    from captinv.backends.diffusers_backend import DiffusersBackend
-    from captinv.embedding_io import read_embedding
+    from captinv import files
+    from captinv.backends.diffusers_backend import device_for, locate_model
+    from captinv.embedding_io import check_layout, read_embedding
     from captinv.perfusion import editing
     from captinv.perfusion.concept import PerfusionConcept
 
+    options = _options(args, GenerateOptions)
+    _check_image_out(args.out)
     concepts, betas = [], []
     for item in args.concept:
         path, beta = _concept_arg(item)
         concepts.append(PerfusionConcept.load(path))
         betas.append(concepts[-1].beta if beta is None else beta)
     embeddings = {path.stem: read_embedding(path).vectors for path in args.embedding}
+    given = [path.stem.lower() for path in args.embedding] + [concept.name.lower() for concept in concepts]
+    twice = sorted({name for name in given if given.count(name) > 1})
+    if twice:
+        raise ConfigError(f"More than one embedding or concept is named {', '.join(twice)}; give each once.")
     embeddings |= {concept.name: concept.embedding for concept in concepts}
-    backend = DiffusersBackend.load(args.model, device=args.device)
+    device = device_for(args.device)
+    locate_model(args.model)
+    backend = _load_backend(args, device)
+    widths = {enc.key: enc.width for enc in backend.encoders}
+    for name, vectors in embeddings.items():
+        check_layout(vectors, widths, name)
     edits = editing.applied(backend.denoiser(), concepts, beta=betas) if concepts else nullcontext()
     with edits:
         image = backend.generate(
-            args.prompt, embeddings, steps=args.steps, guidance=args.guidance, seed=args.seed
+            args.prompt, embeddings, steps=options.steps, guidance=options.guidance, seed=options.seed
         )
-    image.save(args.out)
+    buffer = io.BytesIO()
+    image.save(buffer, format=_image_format(args.out))
+    written.paths.append(files.write_file(args.out, buffer.getvalue(), overwrite=True))
     print(args.out)
 
 
-def _inspect(args: argparse.Namespace) -> None:
-    from captinv.embedding_io import read_embedding
+def _image_format(path: Path) -> str:
+    return {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(path.suffix.lower(), "PNG")
+
+
+def _inspect(args: argparse.Namespace, written: _Written) -> None:
+    from captinv import files
+    from captinv.embedding_io import PERFUSION_FORMAT, read_embedding
+    from captinv.perfusion.concept import PerfusionConcept
 
     for path in args.files:
-        item = read_embedding(path)
-        print(f"{item.name}: {item.vector_count} vector(s)")
-        for key, value in item.vectors.items():
+        metadata = files.read_metadata(path) if path.suffix.lower() == ".safetensors" else {}
+        if metadata.get("format") == PERFUSION_FORMAT:
+            concept = PerfusionConcept.load(path)
+            print(f"{concept.name}: Perfusion concept, keys locked to '{concept.superclass}'")
+            print(f"  gate: β {concept.beta:g}, τ {concept.tau:g}; {len(concept.v_targets)} layers")
+            print(f"  size: {concept.size()}")
+            vectors, metadata = concept.embedding, concept.metadata
+        else:
+            item = read_embedding(path)
+            print(f"{item.name}: {item.vector_count} vector(s)")
+            vectors, metadata = item.vectors, item.metadata
+        for key, value in vectors.items():
             norms = ", ".join(f"{n:.3f}" for n in value.norm(dim=1).tolist())
             print(f"  {key}: {list(value.shape)}  norms [{norms}]")
-        for key, value in sorted(item.metadata.items()):
+        for key, value in sorted(metadata.items()):
             print(f"  {key} = {value}")
+
+
+COMMANDS = {
+    "caption": _caption,
+    "invert": _invert,
+    "perfusion": _perfusion,
+    "generate": _generate,
+    "inspect": _inspect,
+}
+
+
+def _namer(command: str) -> Callable[[str], str]:
+    """How an error names an option: its flag; `caption` takes its text from a caption file."""
+    if command == "caption":
+        return lambda field: "a .txt caption file beside the image" if field == "text" else cli_flag(field)
+    return cli_flag
+
+
+def _interrupted(written: _Written) -> str:
+    if not written.paths:
+        return "captinv: interrupted; nothing was written."
+    where = sorted({str(path.parent) for path in written.paths})
+    return (
+        f"captinv: interrupted; already written in {', '.join(where)}: "
+        f"{', '.join(path.name for path in written.paths)} (nothing else)."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,20 +478,32 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
+    written = _Written()
     try:
-        {
-            "caption": _caption,
-            "invert": _invert,
-            "perfusion": _perfusion,
-            "generate": _generate,
-            "inspect": _inspect,
-        }[args.command](args)
+        COMMANDS[args.command](args, written)
     except CaptinvError as err:
-        print(f"captinv: error: {err}", file=sys.stderr)
+        print(f"captinv: error: {err.render(_namer(args.command))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("captinv: interrupted; nothing was written.", file=sys.stderr)
+        print(_interrupted(written), file=sys.stderr)
         return 130
+    except MemoryError:
+        print("captinv: error: out of memory; try --batch-size 1 --gradient-checkpointing.", file=sys.stderr)
+        return 2
+    except Exception as err:
+        if type(err).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch
+            print(
+                "captinv: error: out of GPU memory; try --batch-size 1 --gradient-checkpointing.",
+                file=sys.stderr,
+            )
+            return 2
+        traceback.print_exc()
+        print(
+            "captinv: internal error: this is a bug in captinv, not a problem with your input; please "
+            "report it with the traceback above.",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -17,7 +17,8 @@ import torch
 from PIL import Image
 
 from captinv.config import InvertConfig
-from captinv.errors import CaptionError, ModelLoadError
+from captinv.errors import CaptionError, ModelLoadError, option
+from captinv.hub import ModelSource, locate
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +35,26 @@ def _release(*objects: object) -> None:
         torch.cuda.empty_cache()
 
 
-def _load(loader: Callable[[], object], model_id: str, what: str) -> object:
+_FIX = {
+    "captioner": f"Give a local BLIP folder with {option('captioner')}, or write the caption yourself "
+    f"({option('text')}).",
+    "classifier": f"Give a local classifier folder with {option('classifier')}, or write the init text "
+    f"yourself ({option('text')}).",
+}
+
+
+def locate_model(model_id: str, what: str) -> ModelSource:
+    """The captioner's or classifier's location, checked in a moment, before anything loads."""
+    return locate(model_id, what=what, marker="config.json", fix=_FIX[what])
+
+
+def _load(loader: Callable[..., object], model_id: str, what: str) -> object:
+    source = locate_model(model_id, what)
     try:
-        return loader()
+        return loader(source.spec, **source.load_kwargs)
     except (OSError, ValueError) as err:
         raise ModelLoadError(
-            f"Could not load the {what} {model_id!r} ({err}). Give a local folder or a model id that is "
-            "downloaded or reachable."
+            f"Could not load the {what} {model_id!r} ({err}".splitlines()[0] + f"). {_FIX[what]}"
         ) from err
 
 
@@ -57,10 +71,8 @@ class BlipCaptioner:
     def describe(self, images: list[Image.Image]) -> str:
         from transformers import BlipForConditionalGeneration, BlipProcessor
 
-        processor = _load(lambda: BlipProcessor.from_pretrained(self.model_id), self.model_id, "captioner")
-        model = _load(
-            lambda: BlipForConditionalGeneration.from_pretrained(self.model_id), self.model_id, "captioner"
-        )
+        processor = _load(BlipProcessor.from_pretrained, self.model_id, "captioner")
+        model = _load(BlipForConditionalGeneration.from_pretrained, self.model_id, "captioner")
         try:
             model.to(self.device).eval()
             inputs = processor(images=images[0], return_tensors="pt").to(self.device)
@@ -84,14 +96,8 @@ class ImageClassifier:
     def describe(self, images: list[Image.Image]) -> str:
         from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-        processor = _load(
-            lambda: AutoImageProcessor.from_pretrained(self.model_id), self.model_id, "classifier"
-        )
-        model = _load(
-            lambda: AutoModelForImageClassification.from_pretrained(self.model_id),
-            self.model_id,
-            "classifier",
-        )
+        processor = _load(AutoImageProcessor.from_pretrained, self.model_id, "classifier")
+        model = _load(AutoModelForImageClassification.from_pretrained, self.model_id, "classifier")
         try:
             model.to(self.device).eval()
             logits = model(**processor(images=images[0], return_tensors="pt").to(self.device)).logits
@@ -106,9 +112,11 @@ class ImageClassifier:
 class PlainText:
     text: str
 
-    def describe(self, images: list[Image.Image]) -> str:
+    def __post_init__(self) -> None:
         if not self.text.strip():
             raise CaptionError("The init text is empty: type a word (or '*' for classic textual inversion).")
+
+    def describe(self, images: list[Image.Image]) -> str:
         return self.text.strip()
 
 
@@ -126,8 +134,9 @@ def init_source(
     config: InvertConfig, device: str = "cpu", first_image: str | Path | None = None
 ) -> InitSource:
     """Typed text first; then, for caption init, a caption file beside the first image; then the
-    captioner or classifier the config names."""
-    if config.text:
+    captioner or classifier the config names, once it is known to be there (a missing one, or
+    one not downloaded while the hub is away, is refused at once)."""
+    if config.text is not None:
         return PlainText(config.text)
     sidecar = sidecar_caption(first_image) if first_image is not None and config.init == "caption" else None
     if sidecar is not None:
@@ -139,5 +148,7 @@ def init_source(
         log.info("caption from %s", sidecar)
         return PlainText(text)
     if config.init == "classify":
+        locate_model(config.classifier, "classifier")
         return ImageClassifier(config.classifier, device)
+    locate_model(config.captioner, "captioner")
     return BlipCaptioner(config.captioner, config.caption_beams, config.caption_max_tokens, device)

@@ -8,10 +8,13 @@ added here once and appears everywhere with the same default and help text.
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-from captinv.errors import ConfigError
+from captinv import names
+from captinv.errors import ConfigError, option
 
 InitMode = Literal["caption", "classify", "text"]
 TemplateSet = Literal["object", "style", "none"]
@@ -21,27 +24,99 @@ DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-large"
 DEFAULT_CLASSIFIER = "google/vit-base-patch16-224"
 # The CLIP text encoders take 77 positions: BOS, EOS and 75 for the prompt.
 MAX_VECTORS = 75
+MAX_SEED = 2**32 - 1  # the WebUI's seed range
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
+    """A field with its help text and limits: `choices`, `minimum`, `above` (exclusive), `maximum`,
+    `multiple_of`, and for an optional field what `none` means."""
     return field(default=default, metadata={"help": help, **extra})
 
 
 _T = TypeVar("_T", bound="_Options")
 
 
+def _allowed(spec: dataclasses.Field, base: type) -> str:
+    """What `spec` accepts, in words: "a finite number above 0", "a multiple of 64 from 64 to 4096"."""
+    meta = spec.metadata
+    if meta.get("choices"):
+        return f"one of {', '.join(meta['choices'])}"
+    words = {bool: "true or false", int: "a whole number", float: "a finite number", str: "text"}[base]
+    if meta.get("multiple_of"):
+        words = f"a multiple of {meta['multiple_of']}"
+    low, high = meta.get("minimum"), meta.get("maximum")
+    if meta.get("above") is not None:
+        words += f" above {meta['above']}"
+    if low is not None and high is not None:
+        words += f" from {low} to {high}"
+    elif low is not None:
+        words += f" of at least {low}"
+    elif high is not None:
+        words += f" of at most {high}"
+    if meta.get("none") and base is not str:
+        words += f", or none for {meta['none']}"
+    return words
+
+
+def _checked(spec: dataclasses.Field, hint: Any, value: Any) -> Any:
+    """`value` as the field stores it (an integral float becomes an int), or a `ConfigError`."""
+    args = typing.get_args(hint)
+    base = next((t for t in args if t is not type(None)), hint)
+    base = str if typing.get_origin(base) is typing.Literal else base
+    if value is None and type(None) in args:
+        return None
+
+    def refuse() -> ConfigError:
+        if base is str and isinstance(value, str):
+            instead = f" or leave it out for {spec.metadata['none']}" if spec.metadata.get("none") else ""
+            return ConfigError(f"{option(spec.name)} is empty; type some text{instead}.", field=spec.name)
+        return ConfigError(
+            f"{option(spec.name)} must be {_allowed(spec, base)}; got {value!r}.", field=spec.name
+        )
+
+    if isinstance(value, bool) != (base is bool):
+        raise refuse()
+    if base is int and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if (
+        base in (int, float)
+        and not isinstance(value, (int, float))
+        or base is int
+        and isinstance(value, float)
+    ):
+        raise refuse()
+    if base is float and not math.isfinite(value):
+        raise refuse()
+    if base is str and not (isinstance(value, str) and value.strip()):
+        raise refuse()
+    meta = spec.metadata
+    if meta.get("choices") and value not in meta["choices"]:
+        raise refuse()
+    if base in (int, float) and (
+        meta.get("minimum") is not None
+        and value < meta["minimum"]
+        or meta.get("above") is not None
+        and value <= meta["above"]
+        or meta.get("maximum") is not None
+        and value > meta["maximum"]
+        or meta.get("multiple_of")
+        and value % meta["multiple_of"]
+    ):
+        raise refuse()
+    return value
+
+
 class _Options:
-    """Checks and conversions shared by the option dataclasses, driven by their fields' metadata."""
+    """Checks and conversions shared by the option dataclasses, driven by their fields' metadata.
+
+    Every option is checked here, once, whoever sets it (CLI, tab, API, Python), so a run
+    never starts with a value that would fail, or silently do nothing, later.
+    """
 
     def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
         for spec in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, spec.name)
-            choices = spec.metadata.get("choices")
-            if choices and value not in choices:
-                raise ConfigError(f"{spec.name} must be one of {', '.join(choices)}; got {value!r}.")
-            minimum = spec.metadata.get("minimum")
-            if minimum is not None and value is not None and value < minimum:
-                raise ConfigError(f"{spec.name} must be at least {minimum}; got {value!r}.")
+            setattr(self, spec.name, _checked(spec, hints[spec.name], getattr(self, spec.name)))
 
     @classmethod
     def from_mapping(cls: type[_T], values: dict[str, Any]) -> _T:
@@ -70,12 +145,15 @@ class InvertConfig(_Options):
         None,
         "Init text. With --init text it is required (use one word, or '*', for classic textual "
         "inversion); with caption/classify it replaces the generated text.",
+        none="a generated caption",
     )
-    name: str | None = _opt(None, "Base name of the new embeddings (default: the first image's file name).")
+    name: str | None = _opt(
+        None, "Base name of the new embeddings (default: the first image's file name).", none="the file name"
+    )
     steps: int = _opt(
         100, "Optimisation steps. ~100 with caption init; classic TI needs thousands.", minimum=1
     )
-    learning_rate: float = _opt(0.005, "AdamW learning rate of the new vectors.", minimum=0.0)
+    learning_rate: float = _opt(0.005, "AdamW learning rate of the new vectors.", above=0)
     lr_schedule: Schedule = _opt(
         "constant", "Learning-rate schedule after warm-up.", choices=("constant", "linear", "cosine")
     )
@@ -89,20 +167,36 @@ class InvertConfig(_Options):
         choices=("object", "style", "none"),
     )
     vectors_per_word: int | None = _opt(
-        None, "Vectors per word (default: one per BPE token of the word).", minimum=1
+        None,
+        "Vectors per word (default: one per BPE token of the word).",
+        minimum=1,
+        maximum=MAX_VECTORS,
+        none="one per token",
     )
     train_function_words: bool = _opt(
         True,
         "Train function words (a, the, on, ...) too, as the paper does. When off they stay plain words.",
     )
     init_l2: float = _opt(0.0, "Weight of an L2 pull of each vector toward its initial value.", minimum=0.0)
-    resolution: int | None = _opt(None, "Training resolution in pixels (default: the model's).", minimum=64)
+    resolution: int | None = _opt(
+        None,
+        "Training resolution in pixels (default: the model's).",
+        multiple_of=64,
+        minimum=64,
+        maximum=4096,
+        none="the model's",
+    )
     flip: bool = _opt(True, "Also train on the horizontally flipped image.")
     random_crops: int = _opt(0, "Extra random square crops per image, encoded once.", minimum=0)
     max_grad_norm: float | None = _opt(
-        1.0, "Clip the vectors' gradient norm (none: no clipping).", minimum=0.0
+        1.0, "Clip the vectors' gradient norm (none: no clipping).", above=0, none="no clipping"
     )
-    seed: int = _opt(0, "Random seed; a run is reproducible for the same seed, model and device.")
+    seed: int = _opt(
+        0,
+        "Random seed; a run is reproducible for the same seed, model and device.",
+        minimum=0,
+        maximum=MAX_SEED,
+    )
     mixed_precision: bool = _opt(
         True, "On a GPU, run the frozen model in half precision (vectors stay fp32)."
     )
@@ -113,14 +207,24 @@ class InvertConfig(_Options):
     captioner: str = _opt(DEFAULT_CAPTIONER, "BLIP model id or local path for --init caption.")
     classifier: str = _opt(DEFAULT_CLASSIFIER, "Image-classification model id or path for --init classify.")
     caption_beams: int = _opt(3, "Beam width of caption decoding.", minimum=1)
-    caption_max_tokens: int = _opt(30, "Longest caption, in generated tokens.", minimum=1)
+    caption_max_tokens: int = _opt(30, "Longest caption, in generated tokens.", minimum=1, maximum=512)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.init == "text" and not (self.text or "").strip():
-            raise ConfigError("--init text needs the init text (for classic textual inversion use '*').")
-        if self.warmup_steps >= self.steps and self.warmup_steps:
-            raise ConfigError("warmup_steps must be smaller than steps.")
+        if self.init == "text" and self.text is None:
+            raise ConfigError(
+                f"{option('init')} text needs the init text in {option('text')} (for classic textual "
+                "inversion use '*').",
+                field="text",
+            )
+        if self.warmup_steps and self.warmup_steps >= self.steps:
+            raise ConfigError(
+                f"{option('warmup_steps')} ({self.warmup_steps}) must be smaller than {option('steps')} "
+                f"({self.steps}).",
+                field="warmup_steps",
+            )
+        if self.name is not None:
+            names.base_name(self.name)
 
 
 @dataclass
@@ -137,8 +241,9 @@ class PerfusionOptions(_Options):
         None,
         "Super-category word the concept's keys are locked to, e.g. 'cat' (default: the init text's "
         "head noun).",
+        none="the head noun",
     )
-    value_learning_rate: float = _opt(0.03, "Learning rate of the per-layer V targets.", minimum=0.0)
+    value_learning_rate: float = _opt(0.03, "Learning rate of the per-layer V targets.", above=0)
     beta: float = _opt(0.7, "Default inference gate bias stored with the concept (lower: stronger).")
     tau: float = _opt(0.15, "Default inference gate temperature stored with the concept.", minimum=0.001)
     covariance_prompts: int = _opt(
@@ -146,9 +251,22 @@ class PerfusionOptions(_Options):
         "Prompts of the generated corpus that estimate the text-encoding covariance (once per text "
         "encoder, then cached).",
         minimum=16,
+        maximum=100_000,
     )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.superclass is not None and len(self.superclass.split()) != 1:
-            raise ConfigError(f"The superclass must be one word (got {self.superclass!r}).")
+            raise ConfigError(
+                f"{option('superclass')} must be one word, e.g. 'cat'; got {self.superclass!r}.",
+                field="superclass",
+            )
+
+
+@dataclass
+class GenerateOptions(_Options):
+    """Options of one rendered image (`captinv generate`, previews)."""
+
+    steps: int = _opt(20, "Sampling steps.", minimum=1, maximum=1000)
+    guidance: float = _opt(7.0, "Classifier-free guidance scale.", minimum=0)
+    seed: int = _opt(0, "Random seed of the image.", minimum=0, maximum=MAX_SEED)

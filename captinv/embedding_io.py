@@ -2,30 +2,28 @@
 
 Writing: safetensors with string metadata; one-encoder models store
 `{"emb_params": [n, d]}`, SDXL stores exactly `{"clip_l": [n, 768],
-"clip_g": [n, 1280]}`. All files of a run are first written to temporary files
-beside their targets and then renamed, so an error or a crash never leaves a
-half-written embedding the WebUI would try to load.
+"clip_g": [n, 1280]}`. `EmbeddingFile.to_bytes` makes the file's bytes; the
+files of a run are written together, all or nothing, by `captinv.files.write_set`.
 
 Reading: the same files plus the WebUI's own `.pt` layout and diffusers'
 `learned_embeds` files, loaded with `weights_only=True` (no pickle code runs).
+Anything else is refused with a `FileFormatError` that names the file.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
+from captinv import files
 from captinv.backends.base import Vectors
-from captinv.errors import CaptinvError, NameTakenError
+from captinv.errors import CaptinvError, FileFormatError
 
 SDXL_KEYS = frozenset({"clip_l", "clip_g"})
+PERFUSION_FORMAT = "captinv.perfusion"
 
 
 @dataclass
@@ -42,74 +40,84 @@ class EmbeddingFile:
     def vector_count(self) -> int:
         return next(iter(self.vectors.values())).shape[0]
 
+    def to_bytes(self) -> bytes:
+        """The safetensors file: float32 rows, metadata in a fixed order (identical runs, identical files)."""
+        tensors = {key: value.detach().to("cpu", torch.float32) for key, value in self.vectors.items()}
+        return files.safetensors_bytes(tensors, self.metadata)
 
-def write_embeddings(files: list[EmbeddingFile], *, overwrite: bool) -> None:
-    """Write all files or none: check every target, stage to temp files, then rename."""
-    if not overwrite:
-        taken = [f.path.name for f in files if f.path.exists()]
-        if taken:
-            raise NameTakenError(
-                f"{', '.join(taken)} already exist{'s' if len(taken) == 1 else ''}; "
-                "choose another name or allow overwriting."
+
+def _layout_keys(keys: list[str], path: Path) -> list[str]:
+    """The keys holding the vectors, or a refusal that says what the file is instead."""
+    if set(keys) >= SDXL_KEYS:
+        return ["clip_l", "clip_g"]
+    if len(keys) == 1:  # emb_params, or diffusers' {token: tensor}
+        return keys
+    raise FileFormatError(f"{path.name} is not an embedding: found keys {sorted(keys)[:6]}.")
+
+
+def _check_safetensors(path: Path):
+    def check(keys: list[str], metadata: dict[str, str]) -> None:
+        if metadata.get("format") == PERFUSION_FORMAT:
+            raise FileFormatError(
+                f"{path.name} is a Perfusion concept, not an embedding; use it as a concept "
+                "(generate --concept, or its <perfusion:...> tag)."
             )
-    staged: list[tuple[str, Path]] = []
-    try:
-        for item in files:
-            item.path.parent.mkdir(parents=True, exist_ok=True)
-            handle, temp = tempfile.mkstemp(prefix=f".{item.name}.", suffix=".tmp", dir=item.path.parent)
-            os.close(handle)
-            staged.append((temp, item.path))
-            tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in item.vectors.items()}
-            save_file(tensors, temp, metadata=item.metadata)
-        for temp, target in staged:
-            os.replace(temp, target)
-    finally:
-        for temp, _ in staged:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(temp)
+        _layout_keys(keys, path)
+
+    return check
 
 
-def _vectors_from_dict(data: dict, path: Path) -> Vectors:
+def _vectors(data: dict, path: Path) -> Vectors:
     if "string_to_param" in data:  # the WebUI's .pt layout
         params = data["string_to_param"]
-        if len(params) != 1:
-            raise CaptinvError(f"{path.name} holds {len(params)} terms; an embedding file must hold one.")
-        return {"emb_params": next(iter(params.values()))}
+        if not isinstance(params, dict) or len(params) != 1:
+            raise FileFormatError(f"{path.name} holds {len(params)} terms; an embedding file must hold one.")
+        data = {"emb_params": next(iter(params.values()))}
     tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
-    if tensors.keys() >= SDXL_KEYS:
-        return {key: tensors[key] for key in ("clip_l", "clip_g")}
-    if len(tensors) == 1:  # emb_params, or diffusers' {token: tensor}
-        value = next(iter(tensors.values()))
-        return {"emb_params": value if value.dim() == 2 else value.unsqueeze(0)}
-    raise CaptinvError(f"{path.name} is not an embedding: found keys {sorted(data)}.")
+    keys = _layout_keys(list(tensors), path)
+    vectors = {}
+    for key in keys:
+        value = tensors[key]
+        if not value.is_floating_point() or value.dim() not in (1, 2) or value.numel() == 0:
+            raise FileFormatError(
+                f"{path.name}: '{key}' has shape {list(value.shape)} ({value.dtype}); an embedding holds "
+                "rows of floating-point numbers."
+            )
+        vectors["emb_params" if len(keys) == 1 else key] = (
+            value if value.dim() == 2 else value[None]
+        ).float()
+    return vectors
 
 
 def read_embedding(path: Path) -> EmbeddingFile:
     path = Path(path)
-    if not path.is_file():
-        raise CaptinvError(f"No such file: {path}")
-    if path.suffix == ".safetensors":
-        with safe_open(str(path), "pt") as handle:
-            data = {key: handle.get_tensor(key) for key in handle.keys()}
-            metadata = handle.metadata() or {}
+    if path.suffix.lower() == ".safetensors":
+        data, metadata = files.read_safetensors(path, check=_check_safetensors(path))
     else:
+        if not path.is_file():
+            raise FileFormatError(f"No such file: {path}" if not path.exists() else f"{path} is a folder.")
         try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises several types for foreign pickles
-            raise CaptinvError(f"{path.name} could not be read safely: {err}") from err
+            with warnings.catch_warnings():  # torch's notes on pickle protocols: noise before a refusal
+                warnings.simplefilter("ignore", UserWarning)
+                data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises many types for foreign or damaged pickles
+            raise FileFormatError(f"{path.name} could not be read safely: {err}".splitlines()[0]) from err
+        if not isinstance(data, dict):
+            raise FileFormatError(f"{path.name} is not an embedding (it holds a {type(data).__name__}).")
         metadata = {k: str(v) for k, v in data.items() if k in ("name", "step", "sd_checkpoint_name")}
-    vectors = {k: v.float() for k, v in _vectors_from_dict(data, path).items()}
-    return EmbeddingFile(path, vectors, metadata)
+    return EmbeddingFile(path, _vectors(data, path), metadata)
 
 
-def check_layout(vectors: Vectors, widths: dict[str, int]) -> None:
+def check_layout(vectors: Vectors, widths: dict[str, int], name: str = "the embedding") -> None:
     """The WebUI's loading rules: one tensor, or exactly clip_l + clip_g; widths match the model."""
     if set(vectors) != set(widths):
         raise CaptinvError(
-            f"Embedding keys {sorted(vectors)} do not fit this model (needs {sorted(widths)})."
+            f"{name} has keys {sorted(vectors)} but this model needs {sorted(widths)}: it was made for "
+            "another model family."
         )
     for key, value in vectors.items():
         if value.dim() != 2 or value.shape[1] != widths[key]:
             raise CaptinvError(
-                f"'{key}' has shape {tuple(value.shape)}; this model needs [n, {widths[key]}]."
+                f"{name}: '{key}' has shape {list(value.shape)} but this model needs [n, {widths[key]}]: it "
+                "was made for another model family."
             )

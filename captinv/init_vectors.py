@@ -16,7 +16,7 @@ import torch
 from captinv import names
 from captinv.backends.base import ModelBackend, Vectors
 from captinv.config import MAX_VECTORS, InvertConfig
-from captinv.errors import CaptionError
+from captinv.errors import CaptionError, option
 
 # Words the paper trains like any other; with train_function_words off they stay plain text.
 FUNCTION_WORDS = frozenset(
@@ -122,16 +122,35 @@ def _spread(rows: Vectors, count: int | None) -> Vectors:
     return {key: value[torch.arange(count) % value.shape[0]].clone() for key, value in rows.items()}
 
 
-def plan_words(backend: ModelBackend, text: str, base: str, config: InvertConfig) -> WordPlan:
+def _checked_words(text: str, config: InvertConfig) -> list[tuple[str, bool]]:
+    """(word, trained?) for each word of the init text, or a `CaptionError` saying what is wrong."""
     words = split_words(text)
     if not words:
         raise CaptionError("The init text is empty: write a caption (or a word such as 'cat') first.")
     if len(words) > 99:
         raise CaptionError(f"The init text has {len(words)} words; at most 99 can become pseudo-words.")
-    plan = WordPlan(text=" ".join(words), base=base)
-    for index, word in enumerate(words, start=1):
+    chosen = [(word, config.train_function_words or word.lower() not in FUNCTION_WORDS) for word in words]
+    if not any(trained for _, trained in chosen):
+        raise CaptionError(
+            "Every word of the init text is a function word; add a content word or train them too."
+        )
+    return chosen
+
+
+def planned_names(text: str, base: str, config: InvertConfig) -> list[str]:
+    """The embedding names an inversion of `text` will write, known before any model loads."""
+    words = _checked_words(text, config)
+    return [
+        names.combined_name(base),
+        *(names.word_name(base, index, word) for index, (word, trained) in enumerate(words, 1) if trained),
+    ]
+
+
+def plan_words(backend: ModelBackend, text: str, base: str, config: InvertConfig) -> WordPlan:
+    words = _checked_words(text, config)
+    plan = WordPlan(text=" ".join(word for word, _ in words), base=base)
+    for index, (word, trainable) in enumerate(words, start=1):
         token_ids = backend.tokenize(word)
-        trainable = config.train_function_words or word.lower() not in FUNCTION_WORDS
         rows = backend.token_rows(token_ids)
         plan.words.append(
             PseudoWord(
@@ -143,13 +162,9 @@ def plan_words(backend: ModelBackend, text: str, base: str, config: InvertConfig
                 name=names.word_name(base, index, word) if trainable else None,
             )
         )
-    if not plan.trainable:
-        raise CaptionError(
-            "Every word of the init text is a function word; add a content word or train them too."
-        )
     if plan.vector_count > MAX_VECTORS:
         raise CaptionError(
             f"The init text needs {plan.vector_count} vectors but a prompt holds at most {MAX_VECTORS}. "
-            "Shorten the caption (or lower vectors per word)."
+            f"Shorten the caption (or lower {option('vectors_per_word')})."
         )
     return plan

@@ -1,15 +1,15 @@
-"""One inversion from start to finish: text -> plan -> latents -> training -> files.
+"""One caption inversion from start to finish: text -> plan -> latents -> training -> files.
 
-This is the public entry point the CLI, the WebUI tab and the API share. Names
-are checked before any training so a taken name fails in a second, not after
-ten minutes; files are written only when training finished (an interrupt
-writes nothing).
+This is the public entry point the CLI, the WebUI tab and the API share; it is
+the `captinv.runs` skeleton with the caption-inversion recipe. Names are
+checked before any training so a taken name fails in a second, not after ten
+minutes; files are written only when training finished, all at once (an
+interrupt writes nothing).
 """
 
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,16 +17,12 @@ from typing import Any
 import torch
 from PIL import Image
 
-from captinv import __version__, names
+from captinv import __version__, names, runs
 from captinv.backends.base import ModelBackend, Vectors
 from captinv.config import InvertConfig
-from captinv.embedding_io import EmbeddingFile, write_embeddings
-from captinv.errors import Interrupted
-from captinv.init_vectors import WordPlan, plan_words
-from captinv.latents import build_latent_cache
+from captinv.embedding_io import EmbeddingFile
+from captinv.init_vectors import WordPlan, plan_words, planned_names
 from captinv.trainer import Callbacks, RunReport, Trainer, TrainResult
-
-EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
 
 
 @dataclass(kw_only=True)
@@ -55,23 +51,17 @@ def default_base(config: InvertConfig, first_image: str | Path | None) -> str:
     return "captinv"
 
 
-def existing_names(out_dir: Path, backend: ModelBackend) -> set[str]:
-    """Embedding names already in use: files anywhere under the folder plus what the host knows."""
-    found = (
-        {p.stem for p in out_dir.rglob("*") if p.suffix in EMBEDDING_SUFFIXES} if out_dir.is_dir() else set()
-    )
-    return found | backend.existing_names()
+def check_inputs(text: str, base: str, config: InvertConfig, out_dir: Path) -> list[str]:
+    """Everything about an inversion that can be checked before a model loads: the init text
+    gives words, the folder can be written, the names are safe and free. Returns the names."""
+    planned = planned_names(text, base, config)
+    runs.check_output(out_dir, planned, overwrite=config.overwrite)
+    return planned
 
 
 def prepare(backend: ModelBackend, text: str, base: str, config: InvertConfig, out_dir: Path) -> WordPlan:
     """Plan the pseudo-words and check their names before anything expensive runs."""
-    plan = plan_words(backend, text, base, config)
-    for name in plan.output_names():
-        names.output_path(out_dir, name, ".safetensors")
-    names.check_available(
-        plan.output_names(), existing_names(out_dir, backend), backend.tokenize, overwrite=config.overwrite
-    )
-    return plan
+    return runs.checked_plan(backend, _Inversion(text, base, config), Path(out_dir))
 
 
 def _metadata(
@@ -94,48 +84,45 @@ def _metadata(
 
 
 def output_files(
-    plan: WordPlan,
-    trained: dict[str, Vectors],
-    backend: ModelBackend,
-    config: InvertConfig,
-    steps: int,
-    out_dir: Path,
+    plan: WordPlan, trained: dict[str, Vectors], backend: ModelBackend, config: InvertConfig, steps: int
 ) -> list[EmbeddingFile]:
     """The combined embedding (every word in order, fixed words at their token rows) and one per trained word."""
     pieces = [trained[w.name] if w.trainable else w.init for w in plan.words]
     combined = {enc.key: torch.cat([piece[enc.key] for piece in pieces]) for enc in backend.encoders}
     files = [
         EmbeddingFile(
-            names.output_path(out_dir, plan.combined_name, ".safetensors"),
+            Path(f"{plan.combined_name}.safetensors"),
             combined,
             _metadata(plan, backend, config, steps, plan.combined_name),
         )
     ]
     for word in plan.trainable:
         metadata = _metadata(plan, backend, config, steps, word.name) | {"word": word.text}
-        files.append(
-            EmbeddingFile(names.output_path(out_dir, word.name, ".safetensors"), trained[word.name], metadata)
-        )
+        files.append(EmbeddingFile(Path(f"{word.name}.safetensors"), trained[word.name], metadata))
     return files
 
 
-def train(
-    backend: ModelBackend,
-    images: list[Image.Image],
-    plan: WordPlan,
-    config: InvertConfig,
-    callbacks: Callbacks | None = None,
-) -> TrainResult:
-    generator = torch.Generator().manual_seed(config.seed)
-    latents = build_latent_cache(
-        backend,
-        images,
-        config.resolution or backend.default_resolution,
-        flip=config.flip,
-        random_crops=config.random_crops,
-        generator=generator,
-    )
-    return Trainer(backend, plan, latents, config).run(callbacks)
+class _Inversion(runs.Recipe):
+    """Caption inversion: a pseudo-word per word of the text, a file per word plus the combined one."""
+
+    def __init__(self, text: str, base: str, config: InvertConfig) -> None:
+        super().__init__(config)
+        self.text, self.base = text, base
+
+    def plan(self, backend: ModelBackend) -> WordPlan:
+        return plan_words(backend, self.text, self.base, self.config)
+
+    def output_names(self, plan: WordPlan) -> list[str]:
+        return plan.output_names()
+
+    def trainer(self, backend: ModelBackend, plan: WordPlan, latents: torch.Tensor) -> Trainer:
+        return Trainer(backend, plan, latents, self.config)
+
+    def files(
+        self, backend: ModelBackend, plan: WordPlan, trainer: Trainer, result: TrainResult
+    ) -> dict[str, bytes]:
+        made = output_files(plan, result.embeddings, backend, self.config, result.steps)
+        return {item.path.name: item.to_bytes() for item in made}
 
 
 def invert(
@@ -147,24 +134,22 @@ def invert(
     *,
     base: str,
     callbacks: Callbacks | None = None,
+    extra_files: runs.ExtraFiles | None = None,
 ) -> InvertResult:
-    """Train pseudo-words for `text` on `images` and write their files to `out_dir`."""
-    start = time.perf_counter()
-    out_dir = Path(out_dir)
-    plan = prepare(backend, text, base, config, out_dir)
-    result = train(backend, images, plan, config, callbacks)
-    if result.interrupted:
-        raise Interrupted(f"Stopped at step {result.steps} of {config.steps}; nothing was written.")
-    files = output_files(plan, result.embeddings, backend, config, result.steps, out_dir)
-    write_embeddings(files, overwrite=config.overwrite)
+    """Train pseudo-words for `text` on `images` and write their files (and `extra_files`, e.g.
+    card files) to `out_dir`, all together or none."""
+    done = runs.run(
+        backend, images, _Inversion(text, base, config), out_dir, callbacks=callbacks, extra_files=extra_files
+    )
+    plan = done.plan
     return InvertResult.of_training(
-        result,
-        start,
+        done.result,
+        done.started,
         base=plan.base,
         combined_name=plan.combined_name,
         word_names=[w.name for w in plan.trainable],
         trained_words=[w.text for w in plan.trainable],
-        files=[f.path for f in files],
+        files=done.paths[: len(plan.output_names())],
         text=plan.text,
         sentence=plan.sentence(),
     )

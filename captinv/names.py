@@ -18,9 +18,10 @@ import unicodedata
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from captinv.errors import InvalidNameError, NameTakenError
+from captinv.errors import InvalidNameError, NameTakenError, option
 
 MAX_BASE_LENGTH = 40
+EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
 _SAFE_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
 _WINDOWS_RESERVED = {
     "con",
@@ -41,7 +42,11 @@ def base_name(text: str) -> str:
     """Turn a user's name (or a file stem) into a safe base name, or say why not."""
     slug = _slug(text)[:MAX_BASE_LENGTH].strip("-")
     if not slug:
-        raise InvalidNameError(f"{text!r} has no letters or digits to make a name from; use e.g. 'my-cat'.")
+        raise InvalidNameError(
+            f"{text!r} has no letters or digits to make a name from; give a name such as 'my-cat' in "
+            f"{option('name')}.",
+            field="name",
+        )
     if slug in _WINDOWS_RESERVED:
         slug = f"{slug}-1"
     return slug
@@ -60,10 +65,26 @@ def is_token_prefix(shorter: list[int], longer: list[int]) -> bool:
     return len(shorter) <= len(longer) and longer[: len(shorter)] == shorter
 
 
+def names_in_folder(folder: Path) -> set[str]:
+    """Names of the embedding files anywhere under `folder`, as the WebUI would load them.
+
+    Hidden files and folders (a run's staging folder among them) hold no embeddings yet.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return set()
+    return {
+        path.stem
+        for path in folder.rglob("*")
+        if path.suffix.lower() in EMBEDDING_SUFFIXES
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    }
+
+
 def check_available(
     new: Iterable[str],
     existing: Iterable[str],
-    tokenize: Callable[[str], list[int]],
+    tokenize: Callable[[str], list[int]] | None,
     *,
     overwrite: bool,
 ) -> None:
@@ -71,22 +92,28 @@ def check_available(
 
     With `overwrite`, an identical name is allowed (its file is replaced); a
     prefix clash is refused regardless, since replacing files cannot fix it.
+    Without a tokenizer (before the model loads) only identical names are checked.
     """
-    existing_tokens = {name.lower(): tokenize(name) for name in existing}
+    existing_tokens = {name.lower(): tokenize(name) if tokenize else [] for name in existing}
     for name in new:
         lowered = name.lower()
         if lowered in existing_tokens:
             if overwrite:
                 continue
             raise NameTakenError(
-                f"An embedding named '{name}' already exists. Choose another name or allow overwriting."
+                f"An embedding named '{name}' already exists. Choose another {option('name')}, or pass "
+                f"{option('overwrite')} to replace it.",
+                field="name",
             )
+        if tokenize is None:
+            continue
         tokens = tokenize(name)
         for other, other_tokens in existing_tokens.items():
             if is_token_prefix(tokens, other_tokens) or is_token_prefix(other_tokens, tokens):
                 raise NameTakenError(
                     f"'{name}' and the existing embedding '{other}' would be confused in prompts "
-                    "(one's tokens start the other's). Choose another name."
+                    f"(one's tokens start the other's). Choose another {option('name')}.",
+                    field="name",
                 )
 
 

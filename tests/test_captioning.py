@@ -15,7 +15,7 @@ from transformers import (
 
 from captinv.captioning import SIDECAR_MAX_BYTES, BlipCaptioner, ImageClassifier, PlainText, init_source
 from captinv.config import InvertConfig
-from captinv.errors import CaptionError, ModelLoadError
+from captinv.errors import CaptionError, ModelLoadError, cli_flag
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "cat", "on", "sofa"]
 
@@ -72,13 +72,27 @@ def test_classifier_uses_the_first_synonym_of_the_top_label(tmp_path, chelsea):
 
 def test_missing_model_is_a_clear_error(tmp_path, chelsea, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelLoadError, match="Could not load the captioner"):
+    with pytest.raises(ModelLoadError, match="captioner '.*nowhere' was not found"):
         BlipCaptioner(str(tmp_path / "nowhere")).describe([chelsea])
 
 
-def test_source_selection():
-    assert isinstance(init_source(InvertConfig()), BlipCaptioner)
-    assert isinstance(init_source(InvertConfig(init="classify")), ImageClassifier)
+def test_a_model_id_not_downloaded_while_offline_is_refused_at_once(tmp_path, monkeypatch):
+    """Before: transformers retried the hub for minutes, with a warning per retry, then failed."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    for config, what in ((InvertConfig(), "captioner"), (InvertConfig(init="classify"), "classifier")):
+        with pytest.raises(
+            ModelLoadError, match=f"{what} .* is not downloaded and offline mode is set"
+        ) as err:
+            init_source(config)
+        assert f"folder with --{what}, or write the" in err.value.render(cli_flag)
+        assert f"folder with {what}, or write the" in str(err.value)
+
+
+def test_source_selection(tmp_path):
+    local = {"captioner": str(tmp_path), "classifier": str(tmp_path)}  # a local model is always there
+    assert isinstance(init_source(InvertConfig(**local)), BlipCaptioner)
+    assert isinstance(init_source(InvertConfig(init="classify", **local)), ImageClassifier)
     # an edited caption wins over any model
     assert init_source(InvertConfig(init="caption", text="my cat")).describe([]) == "my cat"
     assert isinstance(init_source(InvertConfig(init="text", text="*")), PlainText)
@@ -87,18 +101,19 @@ def test_source_selection():
 def test_caption_file_beside_the_image_is_the_caption_unless_text_is_typed(tmp_path, chelsea):
     image = tmp_path / "chelsea.png"
     chelsea.save(image)
-    assert isinstance(init_source(InvertConfig(), first_image=image), BlipCaptioner)
+    local = {"captioner": str(tmp_path), "classifier": str(tmp_path)}
+    assert isinstance(init_source(InvertConfig(**local), first_image=image), BlipCaptioner)
     (tmp_path / "chelsea.txt").write_text("a tabby cat on a table\n", encoding="utf-8")
     assert init_source(InvertConfig(), first_image=image).describe([chelsea]) == "a tabby cat on a table"
     assert init_source(InvertConfig(text="my cat"), first_image=image).describe([chelsea]) == "my cat"
     # a classifier was asked for, so the caption file is not a substitute for it
-    assert isinstance(init_source(InvertConfig(init="classify"), first_image=image), ImageClassifier)
+    assert isinstance(init_source(InvertConfig(init="classify", **local), first_image=image), ImageClassifier)
 
 
 def test_a_large_or_empty_caption_file_is_not_a_caption(tmp_path, chelsea):
     image = tmp_path / "chelsea.png"
     (tmp_path / "chelsea.txt").write_text("x" * (SIDECAR_MAX_BYTES + 1), encoding="utf-8")
-    assert isinstance(init_source(InvertConfig(), first_image=image), BlipCaptioner)
+    assert isinstance(init_source(InvertConfig(captioner=str(tmp_path)), first_image=image), BlipCaptioner)
     (tmp_path / "chelsea.txt").write_text("  \n", encoding="utf-8")
     with pytest.raises(CaptionError, match="caption file chelsea.txt is empty"):
         init_source(InvertConfig(), first_image=image)

@@ -1,14 +1,22 @@
 """The CLI as a user runs it: a subprocess on a tiny model saved to disk."""
 
 import os
+import re
+import shutil
+import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
 
+from captinv import __main__ as cli
+from captinv.backends.diffusers_backend import DiffusersBackend
 from tests import factories
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLE = Path(ROOT) / "examples" / "miniworld-green-square"
 
 
 def _run(*args, cwd):
@@ -58,17 +66,6 @@ def test_invert_then_inspect(saved_model, chelsea, tmp_path):
     assert "caption = a tabby cat" in shown.stdout
 
 
-def test_errors_are_one_line_and_exit_2(saved_model, tmp_path):
-    (tmp_path / "bad.png").write_bytes(b"nope")
-    bad_image = _run(
-        "invert", "bad.png", "--model", str(saved_model), "--init", "text", "--text", "x", cwd=tmp_path
-    )
-    assert bad_image.returncode == 2
-    assert bad_image.stderr.strip().count("\n") == 0 and "Could not read the image" in bad_image.stderr
-    bad_option = _run("invert", "bad.png", "--model", "m", "--steps", "0", cwd=tmp_path)
-    assert bad_option.returncode == 2 and "steps must be at least 1" in bad_option.stderr
-
-
 def test_perfusion_then_generate_with_and_without_the_concept(saved_model, chelsea, tmp_path):
     chelsea.save(tmp_path / "kitty.png")
     flags = ("--init", "text", "--text", "a tabby cat", "--steps", "2", "--covariance-prompts", "32")
@@ -96,3 +93,113 @@ def test_perfusion_then_generate_with_and_without_the_concept(saved_model, chels
     assert len(set(renders.values())) == 3  # the concept changes the image, and β changes it again
     again = _run("perfusion", "kitty.png", "--model", str(saved_model), *flags, cwd=tmp_path)
     assert again.returncode == 2 and "already exists" in again.stderr
+    shown = _run("inspect", "perfusion/kitty.safetensors", cwd=tmp_path)  # before: "not an embedding"
+    assert shown.returncode == 0, shown.stderr
+    assert "kitty: Perfusion concept, keys locked to 'cat'" in shown.stdout and "gate: β 0.7" in shown.stdout
+    assert "emb_params: [1, 32]" in shown.stdout and "sentence = a tabby kitty" in shown.stdout
+
+
+# --- in this process: the same `main` the subprocess runs -------------------------------------------
+
+
+def _help(command: str, capsys) -> str:
+    with pytest.raises(SystemExit) as done:
+        cli.main([command, "--help"])
+    assert done.value.code == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["caption", "invert", "perfusion", "generate"])
+def test_help_prints_each_default_once_and_percent_signs_as_written(command, capsys):
+    """Before: `invert --help` raised on the '%' of "~30% slower"; bool flags said their default twice."""
+    text = " ".join(_help(command, capsys).split())
+    options = re.split(r" (?=--[a-z])", text[text.index("options:") :])
+    for block in options:
+        assert block.count("default") <= 1, block
+        assert "(default: None)" not in block, block
+    if command in ("invert", "perfusion"):
+        assert "less memory, ~30% slower" in text and "(default: 0.005)" in text
+
+
+def test_max_grad_norm_none_turns_clipping_off():
+    args = cli._parser().parse_args(["invert", "x.png", "--model", "m", "--max-grad-norm", "none"])
+    assert cli._options(args).max_grad_norm is None
+    args = cli._parser().parse_args(["invert", "x.png", "--model", "m", "--resolution", "None"])
+    assert cli._options(args).resolution is None
+
+
+@pytest.fixture
+def square(tmp_path, monkeypatch):
+    """The mini world's green square (with its caption file) in an empty working folder."""
+    for suffix in (".png", ".txt"):
+        shutil.copy(EXAMPLE.with_suffix(suffix), tmp_path / f"square{suffix}")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return tmp_path
+
+
+QUICK = ("--model", "miniworld", "--steps", "1", "--batch-size", "1")
+
+
+def test_ctrl_c_while_the_preview_renders_says_which_files_exist(square, monkeypatch, capfd):
+    """Before: "nothing was written", although every embedding file was."""
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(DiffusersBackend, "generate", interrupted)
+    assert cli.main(["invert", "square.png", *QUICK, "--sample"]) == 130
+    message = _lines(capfd.readouterr().err)[-1]
+    written = sorted(p.name for p in (square / "embeddings").iterdir())
+    assert "square-all.safetensors" in written and not any(name.endswith(".png") for name in written)
+    assert message.startswith("captinv: interrupted; already written in ") and "nothing else" in message
+    assert all(name in message for name in written)
+
+
+def test_files_get_the_users_permissions_and_identical_runs_identical_bytes(square, capfd):
+    """Before: embedding files were 0600 (mkstemp) and metadata came in a random order."""
+    old = os.umask(0o022)
+    try:
+        for out in ("one", "two"):
+            assert cli.main(["invert", "square.png", *QUICK, "--out", out]) == 0
+    finally:
+        os.umask(old)
+    one, two = sorted((square / "one").iterdir()), sorted((square / "two").iterdir())
+    assert [p.name for p in one] == [p.name for p in two] and len(one) == 8
+    assert [p.read_bytes() for p in one] == [p.read_bytes() for p in two]
+    assert {stat.S_IMODE(p.stat().st_mode) for p in one} == {0o644}
+
+
+def test_a_bug_shows_its_traceback_and_says_it_is_a_bug(square, monkeypatch, capfd):
+    def broken(*args, **kwargs):
+        raise RuntimeError("something captinv did not expect")
+
+    monkeypatch.setattr(DiffusersBackend, "load", broken)
+    assert cli.main(["invert", "square.png", *QUICK]) == 1
+    err = capfd.readouterr().err
+    assert "Traceback" in err and "RuntimeError: something captinv did not expect" in err
+    assert _lines(err)[-1].startswith("captinv: internal error: this is a bug in captinv")
+
+
+def test_out_of_memory_is_one_line_with_what_to_try(square, monkeypatch, capfd):
+    def full(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(DiffusersBackend, "load", full)
+    assert cli.main(["invert", "square.png", *QUICK]) == 2
+    assert _lines(capfd.readouterr().err)[-1] == (
+        "captinv: error: out of GPU memory; try --batch-size 1 --gradient-checkpointing."
+    )
+
+
+def test_a_refused_perfusion_run_creates_no_covariance_folder(square, capfd):
+    """Before: a refused run left an empty perfusion/covariance/ folder behind."""
+    (square / "perfusion").mkdir()
+    (square / "perfusion" / "square.safetensors").write_bytes(b"taken")
+    assert cli.main(["perfusion", "square.png", *QUICK]) == 2
+    assert "An embedding named 'square' already exists" in capfd.readouterr().err
+    assert sorted(p.name for p in (square / "perfusion").iterdir()) == ["square.safetensors"]
+
+
+def _lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip() and not re.search(r"\d+%\|", line)]

@@ -131,7 +131,7 @@ def test_name_with_path_characters_lands_inside_the_folder(sd1, chelsea, tmp_pat
 
 def test_bad_images_give_clear_errors(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not an image")
-    with pytest.raises(ImageError, match="Could not read"):
+    with pytest.raises(ImageError, match="broken.png is not an image file"):
         load_image(tmp_path / "broken.png")
     with pytest.raises(ImageError, match="not found"):
         load_image(tmp_path / "missing.png")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -110,6 +111,8 @@ def test_readme_quick_start_inverts_a_sample_offline(tmp_path):
         text=True,
     )
     assert done.returncode == 0, done.stderr
+    said = [line for line in done.stderr.splitlines() if line.strip() and not re.search(r"\d+%\|", line)]
+    assert [line.split(":")[0] for line in said] == ["init text", "prompt with"], done.stderr  # no noise
     stem = Path(command[4]).stem
     words = (ROOT / "examples" / f"{stem}.txt").read_text(encoding="utf-8").split()
     expected = {f"{stem}-all.safetensors", f"{stem}-all.preview.png"} | {

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 
 from captinv.backends.base import Conditioning, EncoderSpec, ModelBackend, NoiseSchedule, Vectors
-from captinv.errors import ModelLoadError, UnsupportedModelError
+from captinv.errors import ConfigError, ModelLoadError, UnsupportedModelError, option
+from captinv.hub import ModelSource, hub_reachable, locate
 
 log = logging.getLogger(__name__)
 
@@ -307,29 +308,68 @@ class DiffusersBackend(ModelBackend):
         cls, spec: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None
     ) -> DiffusersBackend:
         """From a diffusers folder, a hub id, a single .safetensors checkpoint, or 'miniworld'."""
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = device_for(device)
         dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
-        path = PACKAGED_MODELS.get(spec, Path(spec).expanduser())
+        source = locate_model(spec)
         try:
-            pipe = _load_pipeline(path if path.exists() else spec, dtype)
+            pipe = _load_pipeline(source, dtype)
         except (OSError, ValueError, KeyError, RuntimeError) as err:
-            raise ModelLoadError(f"Could not load the model {spec!r}: {err}") from err
+            raise ModelLoadError(f"Could not load the model {spec!r}: {err}".splitlines()[0]) from err
         pipe.set_progress_bar_config(disable=True)
-        return cls(pipe.to(device), model_name=Path(str(spec)).stem if path.exists() else spec)
+        local = Path(source.spec).exists()
+        return cls(pipe.to(device), model_name=Path(str(spec)).stem if local else spec)
 
 
-def _load_pipeline(source: Path | str, dtype: torch.dtype) -> Any:
+def locate_model(spec: str) -> ModelSource:
+    """Where the model `spec` is, checked before loading (see `captinv.hub`)."""
+    if spec in PACKAGED_MODELS:
+        return ModelSource(str(PACKAGED_MODELS[spec]), local_only=True)
+    return locate(
+        spec,
+        what="model",
+        marker="model_index.json",
+        fix=f"Give a diffusers folder, a .safetensors checkpoint or a downloaded model id with {option('model')}.",
+    )
+
+
+def device_for(spec: str | torch.device | None) -> torch.device:
+    """The device `spec` names (default: cuda if available), refused at once when it is not there."""
+    if spec is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError) as err:
+        raise ConfigError(
+            f"{option('device')} '{spec}' is not a device; use cpu, cuda, cuda:1, mps ...", field="device"
+        ) from err
+    available = ["cpu", *(f"cuda:{index}" for index in range(torch.cuda.device_count()))]
+    for kind in ("mps", "xpu"):
+        module = getattr(torch.backends, kind, None) or getattr(torch, kind, None)
+        if module is not None and module.is_available():
+            available.append(f"{kind}:0")
+    if f"{device.type}:{device.index or 0}" not in available + ["cpu:0"]:
+        raise ConfigError(
+            f"{option('device')} '{spec}' is not available on this machine (it has: {', '.join(available)}).",
+            field="device",
+        )
+    return device
+
+
+def _load_pipeline(source: ModelSource, dtype: torch.dtype) -> Any:
     import diffusers
 
-    if isinstance(source, Path) and source.is_file():
+    path = Path(source.spec)
+    if path.is_file():
         from safetensors import safe_open
 
-        with safe_open(str(source), "pt") as handle:
+        with safe_open(str(path), "pt") as handle:
             is_xl = any(key.startswith("conditioner.embedders.1") for key in handle.keys())
         pipeline_class = diffusers.StableDiffusionXLPipeline if is_xl else diffusers.StableDiffusionPipeline
-        return pipeline_class.from_single_file(str(source), torch_dtype=dtype)
-    extra: dict[str, Any] = {}
-    index = Path(source) / "model_index.json"
+        # its configuration comes from the hub's cache: without a network, look there only (no retries)
+        offline = {} if hub_reachable() else {"local_files_only": True}
+        return pipeline_class.from_single_file(str(path), torch_dtype=dtype, **offline)
+    extra: dict[str, Any] = dict(source.load_kwargs)
+    index = path / "model_index.json"
     if index.is_file() and json.loads(index.read_text()).get("_class_name") == "StableDiffusionPipeline":
-        extra = {"safety_checker": None, "requires_safety_checker": False}
-    return diffusers.DiffusionPipeline.from_pretrained(str(source), torch_dtype=dtype, **extra)
+        extra |= {"safety_checker": None, "requires_safety_checker": False}
+    return diffusers.DiffusionPipeline.from_pretrained(source.spec, torch_dtype=dtype, **extra)

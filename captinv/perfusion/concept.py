@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 
+from captinv import files
+from captinv.errors import FileFormatError
 from captinv.perfusion.errors import ConceptFileError
-from captinv.perfusion.files import read_tensors, write_atomic
 from captinv.perfusion.layers import CANONICAL, CrossAttentionLayer
 from captinv.perfusion.rank1 import gate_direction
 
@@ -120,6 +120,10 @@ class PerfusionConcept:
                     )
 
     def save(self, path: Path, *, overwrite: bool = False) -> Path:
+        return files.write_file(Path(path), self.to_bytes(), overwrite=overwrite)
+
+    def to_bytes(self) -> bytes:
+        """The concept file's bytes (float32 tensors, the same bytes for the same concept)."""
         tensors = {f"emb.{key}": rows for key, rows in self.embedding.items()}
         tensors |= {"i_star": self.i_star, "ci_star": self.c_inv_i_star, "i_super": self.i_super}
         tensors |= {f"v.{layer}": t for layer, t in self.v_targets.items()}
@@ -135,21 +139,22 @@ class PerfusionConcept:
             "layer_naming": "diffusers",
         }
         tensors = {key: value.detach().to(torch.float32) for key, value in tensors.items()}
-        return write_atomic(Path(path), tensors, {**self.metadata, **own}, overwrite=overwrite)
+        return files.safetensors_bytes(tensors, {**self.metadata, **own})
 
     @classmethod
     def load(cls, path: Path) -> PerfusionConcept:
         path = Path(path)
-        if not path.is_file():
-            raise ConceptFileError(f"No such Perfusion concept file: {path}")
+
+        def check(_keys: list[str], metadata: dict[str, str]) -> None:
+            if metadata.get("format") != FORMAT:
+                raise ConceptFileError(
+                    f"{path.name} is not a captinv Perfusion concept (format '{metadata.get('format')}')."
+                )
+
         try:
-            tensors, metadata = read_tensors(path)
-        except (SafetensorError, OSError) as err:
-            raise ConceptFileError(f"{path.name} is not a readable safetensors file: {err}") from err
-        if metadata.get("format") != FORMAT:
-            raise ConceptFileError(
-                f"{path.name} is not a captinv Perfusion concept (format '{metadata.get('format')}')."
-            )
+            tensors, metadata = files.read_safetensors(path, check=check)
+        except FileFormatError as err:
+            raise ConceptFileError(err.message) from err
         if not metadata.get("version", "").isdigit() or int(metadata["version"]) > VERSION:
             raise ConceptFileError(
                 f"{path.name} has version {metadata.get('version')}; update captinv to read it."

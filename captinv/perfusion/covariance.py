@@ -25,11 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 
-from captinv.errors import Interrupted
+from captinv import files
+from captinv.errors import FileFormatError, Interrupted
 from captinv.perfusion.errors import CovarianceError
-from captinv.perfusion.files import read_tensors, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +155,7 @@ class CovarianceCache:
         if not path.is_file():
             return None
         try:
-            tensors, meta = read_tensors(path)
+            tensors, meta = files.read_safetensors(path)
             if meta.get("format") != FORMAT or meta.get("id") != cache_id:
                 raise CovarianceError(
                     f"{path.name} is not the covariance '{cache_id}'; delete it to re-estimate."
@@ -169,7 +168,7 @@ class CovarianceCache:
             ):
                 raise CovarianceError(f"{path.name} holds no usable covariance; delete it to re-estimate.")
             return Covariance(matrix.to(torch.float64), int(meta["count"]), meta["corpus_id"])
-        except (SafetensorError, KeyError, ValueError) as err:
+        except (FileFormatError, KeyError, ValueError) as err:
             raise CovarianceError(f"{path.name} is damaged ({err}); delete it to re-estimate.") from err
 
     def save(self, cache_id: str, covariance: Covariance) -> Path:
@@ -181,7 +180,8 @@ class CovarianceCache:
             "corpus_id": covariance.corpus_id,
             "width": str(covariance.width),
         }
-        return write_atomic(self.path(cache_id), {"covariance": covariance.matrix}, metadata, overwrite=True)
+        data = files.safetensors_bytes({"covariance": covariance.matrix}, metadata)
+        return files.write_file(self.path(cache_id), data, overwrite=True)
 
 
 _SUBJECTS = (

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from captinv.errors import CaptinvError
+from captinv.errors import CaptinvError, FileFormatError
 
 
 class PerfusionError(CaptinvError):
     """A Perfusion edit cannot be applied as asked (conflicting options, colliding concepts)."""
 
 
-class ConceptFileError(PerfusionError):
+class ConceptFileError(PerfusionError, FileFormatError):
     """A concept file is unreadable, of another format, or was trained for another model."""
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,13 +28,11 @@ from typing import Any
 import torch
 from PIL import Image
 
-from captinv import __version__, names
+from captinv import __version__, runs
 from captinv.backends.base import Conditioning, ModelBackend
 from captinv.config import InvertConfig, PerfusionOptions
-from captinv.errors import CaptionError, Interrupted
+from captinv.errors import CaptionError
 from captinv.init_vectors import FUNCTION_WORDS, PseudoWord, WordPlan, split_words
-from captinv.inversion import existing_names
-from captinv.latents import build_latent_cache
 from captinv.perfusion import editing
 from captinv.perfusion.concept import ConceptSize, PerfusionConcept
 from captinv.perfusion.covariance import (
@@ -49,7 +46,7 @@ from captinv.perfusion.layers import cross_attention_layers
 from captinv.perfusion.rank1 import ema_update, straight_through
 from captinv.perfusion.trainable import TrainableConcept
 from captinv.templates import templates_that_fit
-from captinv.trainer import Callbacks, RunReport, Trainer
+from captinv.trainer import Callbacks, RunReport, Trainer, TrainResult
 
 _FINGERPRINT_PROMPT = "a photo of a cat on a red chair"
 _PHRASE_ENDS = frozenset(
@@ -286,6 +283,60 @@ def _metadata(plan: WordPlan, backend: ModelBackend, config: InvertConfig, steps
     }
 
 
+def check_concept_inputs(
+    text: str, name: str, config: InvertConfig, options: PerfusionOptions, out_dir: Path
+) -> str:
+    """Everything about a Perfusion run that can be checked before a model loads: the superclass,
+    the folder, the name. Returns the superclass."""
+    superclass = _superclass(text, options)
+    runs.check_output(out_dir, [name], overwrite=config.overwrite)
+    return superclass
+
+
+def _superclass(text: str, options: PerfusionOptions) -> str:
+    return (options.superclass or default_superclass(text)).lower()
+
+
+class _Concept(runs.Recipe):
+    """Perfusion: the concept word in the text's sentence, the K/V edits, one concept file."""
+
+    def __init__(
+        self,
+        text: str,
+        name: str,
+        config: InvertConfig,
+        options: PerfusionOptions,
+        covariance: Covariance | Callable[[], Covariance],
+    ) -> None:
+        super().__init__(config)
+        self.text, self.name, self.options = text, name, options
+        self.superclass = _superclass(text, options)
+        self.covariance = covariance
+        self.concept: PerfusionConcept | None = None  # the trained concept, once `files` made it
+
+    def plan(self, backend: ModelBackend) -> WordPlan:
+        return plan_concept(backend, self.text, self.name, self.superclass)
+
+    def output_names(self, plan: WordPlan) -> list[str]:
+        return [self.name]
+
+    def trainer(self, backend: ModelBackend, plan: WordPlan, latents: torch.Tensor) -> PerfusionTrainer:
+        if callable(self.covariance):  # estimated only now that every check has passed
+            self.covariance = self.covariance()
+        factor = self.covariance.factor()
+        return PerfusionTrainer(backend, plan, latents, self.config, self.options, factor)
+
+    def files(
+        self, backend: ModelBackend, plan: WordPlan, trainer: Trainer, result: TrainResult
+    ) -> dict[str, bytes]:
+        if not isinstance(trainer, PerfusionTrainer) or callable(self.covariance):
+            raise TypeError("files() takes the trainer that trainer() made")
+        metadata = _metadata(plan, backend, self.config, result.steps)
+        metadata["covariance"] = self.covariance.corpus_id
+        self.concept = trainer.concept(result.embeddings[self.name], metadata)
+        return {f"{self.name}.safetensors": self.concept.to_bytes()}
+
+
 def train_concept(
     backend: ModelBackend,
     images: list[Image.Image],
@@ -295,40 +346,27 @@ def train_concept(
     out_dir: Path,
     *,
     name: str,
-    covariance: Covariance,
+    covariance: Covariance | Callable[[], Covariance],
     callbacks: Callbacks | None = None,
+    extra_files: runs.ExtraFiles | None = None,
 ) -> PerfusionResult:
-    """Train the concept `name` on `images` and write `out_dir/<name>.safetensors`."""
-    start = time.perf_counter()
-    out_dir = Path(out_dir)
-    superclass = (options.superclass or default_superclass(text)).lower()
-    path = names.output_path(out_dir, name, ".safetensors")
-    names.check_available(
-        [name], existing_names(out_dir, backend), backend.tokenize, overwrite=config.overwrite
-    )
-    plan = plan_concept(backend, text, name, superclass)
-    latents = build_latent_cache(
-        backend,
-        images,
-        config.resolution or backend.default_resolution,
-        flip=config.flip,
-        random_crops=config.random_crops,
-        generator=torch.Generator().manual_seed(config.seed),
-    )
-    trainer = PerfusionTrainer(backend, plan, latents, config, options, covariance.factor())
-    result = trainer.run(callbacks)
-    if result.interrupted:
-        raise Interrupted(f"Stopped at step {result.steps} of {config.steps}; nothing was written.")
-    metadata = _metadata(plan, backend, config, result.steps) | {"covariance": covariance.corpus_id}
-    concept = trainer.concept(result.embeddings[name], metadata)
-    concept.save(path, overwrite=config.overwrite)
+    """Train the concept `name` on `images` and write `out_dir/<name>.safetensors` (and `extra_files`,
+    e.g. card files, in the same set).
+
+    `covariance` may be a function that estimates it (e.g. `lambda: text_covariance(...)`): it
+    then runs only after the name, the folder and the plan were checked, so a refused run
+    costs no estimate and writes no cache.
+    """
+    recipe = _Concept(text, name, config, options, covariance)
+    done = runs.run(backend, images, recipe, out_dir, callbacks=callbacks, extra_files=extra_files)
+    assert recipe.concept is not None  # made by recipe.files() before the set was written
     return PerfusionResult.of_training(
-        result,
-        start,
+        done.result,
+        done.started,
         name=name,
-        superclass=superclass,
-        path=path,
-        size=concept.size(),
-        text=plan.text,
-        sentence=plan.sentence(),
+        superclass=recipe.superclass,
+        path=done.paths[0],
+        size=recipe.concept.size(),
+        text=done.plan.text,
+        sentence=done.plan.sentence(),
     )

@@ -29,6 +29,7 @@ from captinv.webui.schema import (
     PerfusionResponse,
     config_values,
     decode_image,
+    error_detail,
 )
 
 
@@ -37,7 +38,7 @@ def _job(host: Host, name: str, work: Callable[[], Any]) -> Any:
         try:
             return work()
         except CaptinvError as err:
-            raise HTTPException(status_code=err.http_status, detail=str(err)) from err
+            raise HTTPException(status_code=err.http_status, detail=error_detail(err)) from err
 
     return host.run_queued(name, guarded)
 

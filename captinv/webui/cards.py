@@ -14,6 +14,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from captinv.files import write_set
+
 THUMBNAIL = 256  # pixels on the long side, about what a card shows
 
 
@@ -63,12 +65,7 @@ def training_note(metadata: dict[str, str]) -> str:
 
 
 def write_cards(folder: Path, cards: list[Card]) -> None:
-    for card in cards:
-        for file_name, content in card.files().items():
-            _write_atomically(folder / file_name, content)
-
-
-def _write_atomically(path: Path, content: bytes) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_bytes(content)
-    temp.replace(path)
+    """The cards of a set, all or none (after the files: the preview needs them registered)."""
+    write_set(
+        folder, {name: content for card in cards for name, content in card.files().items()}, overwrite=True
+    )

@@ -20,6 +20,7 @@ from typing import Any
 import gradio as gr
 
 from captinv.config import InvertConfig, PerfusionOptions
+from captinv.errors import tab_label
 from captinv.webui.options import WebUIOptions
 
 SOURCE_CHOICES = {
@@ -68,16 +69,11 @@ class TabComponents:
     js_keyword: str = "_js"
 
 
-def label(name: str) -> str:
-    """The label of an option's control, as the tab shows it (also used in the tab's messages)."""
-    return name.replace("_", " ").capitalize()
-
-
 def option_control(spec: dataclasses.Field, default: Any, options: type = InvertConfig) -> Any:
     """A gradio control for one config field, with the field's help as its tooltip."""
     hint = typing.get_type_hints(options)[spec.name]
     base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
-    common = {"label": label(spec.name), "elem_id": f"captinv_{spec.name}", "info": spec.metadata["help"]}
+    common = {"label": tab_label(spec.name), "elem_id": f"captinv_{spec.name}", "info": spec.metadata["help"]}
     if spec.metadata.get("choices"):
         return gr.Radio(choices=list(spec.metadata["choices"]), value=default, **common)
     if base is bool:

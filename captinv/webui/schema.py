@@ -16,7 +16,7 @@ from typing import Any, Optional
 from pydantic import BaseModel, Field, create_model
 
 from captinv.config import InvertConfig, PerfusionOptions
-from captinv.errors import ImageError
+from captinv.errors import CaptinvError, ImageError, api_field
 from captinv.webui.options import WebUIOptions
 
 # Options a request may not set: server-side model locations (settings decide them).
@@ -108,12 +108,36 @@ def decode_image(data: str) -> bytes:
         raise ImageError(f"'image' is not valid base64 ({err}).") from err
 
 
+def _given(request: BaseModel) -> dict[str, Any]:
+    """The fields the request set (pydantic 1 and 2)."""
+    if hasattr(request, "model_dump"):
+        return request.model_dump(exclude_unset=True)
+    return request.dict(exclude_unset=True)
+
+
 def config_values(request: BaseModel, options: type = InvertConfig) -> dict[str, Any]:
-    """The request's options of one options dataclass that were actually given."""
-    data = (
-        request.dict()
-        if hasattr(request, "dict") and not hasattr(request, "model_dump")
-        else request.model_dump()
-    )
-    known = {f.name for f in dataclasses.fields(options)}
-    return {key: value for key, value in data.items() if key in known and value is not None}
+    """The request's options of one options dataclass that were actually given.
+
+    `null` means "the default" for an option that cannot be none, and "none" for one that can
+    (`"max_grad_norm": null` turns clipping off).
+    """
+    hints = typing.get_type_hints(options)
+    return {
+        key: value
+        for key, value in _given(request).items()
+        if key in hints and (value is not None or type(None) in typing.get_args(hints[key]))
+    }
+
+
+def checked_options(request: BaseModel, options: type = InvertConfig) -> Any:
+    """The request's options checked as a run will check them, before any work is queued: a bad
+    value is a `ConfigError` (400) with the message the run would give."""
+    values = config_values(request, options)
+    if options is InvertConfig:
+        values |= {"init": "caption"}  # the source decides; text comes as `caption`
+    return options.from_mapping(values)
+
+
+def error_detail(err: CaptinvError) -> str:
+    """An error's message in the API's terms (`learning_rate`, `caption`), for the 4xx body."""
+    return err.render(api_field)

@@ -7,7 +7,7 @@ from typing import Any
 
 from captinv import names
 from captinv.config import PerfusionOptions
-from captinv.errors import CaptinvError
+from captinv.errors import CaptinvError, tab_label
 from captinv.hosts.base import Host
 from captinv.images import load_images
 from captinv.webui import jobs
@@ -43,7 +43,7 @@ def names_hint(name: str, files: Any) -> str:
     try:
         base = names.base_name(text)
     except CaptinvError as err:
-        return message_html(str(err), error=True)
+        return message_html(err.render(tab_label), error=True)
     return message_html(f"Writes {names.combined_name(base)} and one {base}-wNN-<word> per word.")
 
 
@@ -79,7 +79,7 @@ def _run(host: Host, components: TabComponents):
                 "",
                 None,
                 "",
-                message_html(str(err), error=True, type_caption=jobs.needs_typed_caption(err)),
+                message_html(err.render(tab_label), error=True, type_caption=jobs.needs_typed_caption(err)),
             )
         chips = chips_html(result.combined_name, result.word_names, result.sentence)
         done = f"Done in {result.seconds:.0f} s: {len(result.files)} embeddings written and loaded. Click a name to use it."
@@ -93,7 +93,9 @@ def _caption(host: Host):
         try:
             return jobs.caption(host, photo_paths(files), SOURCE_CHOICES[source]), message_html("")
         except CaptinvError as err:  # a failed caption leaves the caption box as it was
-            return current, message_html(str(err), error=True, type_caption=jobs.needs_typed_caption(err))
+            return current, message_html(
+                err.render(tab_label), error=True, type_caption=jobs.needs_typed_caption(err)
+            )
 
     return caption
 
@@ -104,7 +106,7 @@ def _photos_dropped(files: Any, name: str):
     try:
         load_images(paths) if paths else None
     except CaptinvError as err:
-        return [], name, message_html(str(err), error=True)
+        return [], name, message_html(err.render(tab_label), error=True)
     if not (name or "").strip() and paths:
         name = Path(paths[0]).stem
     return paths, name, ""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from captinv.errors import NameTakenError
-from captinv.perfusion import files
+from captinv import files
+from captinv.errors import NameTakenError, OutputError
 from captinv.perfusion.concept import PerfusionConcept
 from captinv.perfusion.editing import applied
 from captinv.perfusion.errors import ConceptFileError
@@ -56,7 +58,7 @@ def test_round_trip_gives_identical_tensors_metadata_and_outputs(unet, concept, 
         concept.tau,
     )
     assert loaded.metadata == {"arch": "sd1", "cov_id": "abc123", "steps": "400"}
-    _, raw = files.read_tensors(path)
+    _, raw = files.read_safetensors(path)
     assert (
         raw["format"] == "captinv.perfusion" and raw["version"] == "1" and raw["layer_naming"] == "diffusers"
     )
@@ -94,15 +96,15 @@ def test_a_failed_write_leaves_neither_a_partial_file_nor_a_temp_file(concept, t
     path = concept.save(tmp_path / "sks.safetensors")
     before = path.read_bytes()
 
-    def crash(tensors, filename, metadata=None):
-        with open(filename, "wb") as handle:
+    def crash(target, data):
+        with open(target, "wb") as handle:
             handle.write(b"half a file")
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(files, "save_file", crash)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(files, "_write_new", crash)
+    with pytest.raises(OutputError, match="No space left on device"):
         concept.save(tmp_path / "new.safetensors")
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match="No space left on device"):
         concept.save(path, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sks.safetensors"]
     assert path.read_bytes() == before
@@ -110,7 +112,7 @@ def test_a_failed_write_leaves_neither_a_partial_file_nor_a_temp_file(concept, t
 
 def test_foreign_damaged_and_newer_files_are_refused(concept, tmp_path):
     path = concept.save(tmp_path / "sks.safetensors")
-    tensors, metadata = files.read_tensors(path)
+    tensors, metadata = files.read_safetensors(path)
     variants = {
         "other format": (tensors, {**metadata, "format": "something.else"}),
         "newer": (tensors, {**metadata, "version": "99"}),
