@@ -24,7 +24,10 @@ def _flag_kwargs(spec: dataclasses.Field, options: type = InvertConfig) -> dict:
     kwargs: dict = {"help": f"{spec.metadata['help']} (default: {spec.default})", "default": spec.default}
     if spec.metadata.get("choices"):
         kwargs["choices"] = spec.metadata["choices"]
-    if hint is bool:
+    if hint is bool or spec.metadata.get(
+        "negatable"
+    ):  # a negatable choice: --x on, --no-x off, absent default
+        kwargs.pop("choices", None)
         kwargs["action"] = argparse.BooleanOptionalAction
         return kwargs
     base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
@@ -37,15 +40,46 @@ _MODEL_HELP = "Diffusers folder, hub id, .safetensors checkpoint, or 'miniworld'
 _NOT_FOR_PERFUSION = ("vectors_per_word", "train_function_words")
 
 
-def _model_flags(parser: argparse.ArgumentParser, default_out: str) -> None:
+def _loading_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help=_MODEL_HELP)
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
+    parser.add_argument(
+        "--prediction-type",
+        choices=("eps", "v"),
+        default=None,
+        help="What the model predicts, when the detection is wrong (default: from its config; for a single "
+        "file as the WebUI decides: a yaml beside it, a v_pred key, else the UNet's response).",
+    )
+    parser.add_argument(
+        "--model-config",
+        default=None,
+        help="Diffusers folder or hub id whose configs build a single-file checkpoint (default: diffusers' "
+        "choice for the detected family, fetched from the Hub).",
+    )
+
+
+def _model_flags(parser: argparse.ArgumentParser, default_out: str) -> None:
+    _loading_flags(parser)
     parser.add_argument(
         "--out", type=Path, default=Path(default_out), help=f"Output folder (default: ./{default_out})."
     )
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
     parser.add_argument(
         "--sample", action="store_true", help="Also render <name>.preview.png with the result."
     )
+
+
+def _backend(args: argparse.Namespace, mixed_precision: bool = True):
+    from captinv.backends.diffusers_backend import DiffusersBackend
+
+    backend = DiffusersBackend.load(
+        args.model,
+        device=args.device,
+        mixed_precision=mixed_precision,
+        prediction=args.prediction_type,
+        config=args.model_config,
+    )
+    print(f"model: {backend.describe()}", file=sys.stderr)
+    return backend
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -85,10 +119,7 @@ def _parser() -> argparse.ArgumentParser:
 
     generate = commands.add_parser("generate", help="Render a prompt with embeddings and Perfusion concepts.")
     generate.add_argument("prompt")
-    generate.add_argument("--model", required=True, help=_MODEL_HELP)
-    generate.add_argument(
-        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."
-    )
+    _loading_flags(generate)
     generate.add_argument("--embedding", type=Path, action="append", default=[], help="An embedding file.")
     generate.add_argument(
         "--concept",
@@ -136,17 +167,18 @@ def _progress_bar(total: int):
 
 
 def _invert(args: argparse.Namespace) -> None:
-    from captinv.backends.diffusers_backend import DiffusersBackend
     from captinv.captioning import init_source
     from captinv.images import load_images
     from captinv.inversion import default_base, invert
+    from captinv.latents import choose_flip
     from captinv.trainer import Callbacks
 
     config = _config(args)
     images = load_images(args.images)
-    backend = DiffusersBackend.load(args.model, device=args.device)
+    backend = _backend(args, config.mixed_precision)
     text = init_source(config, str(backend.device), args.images[0]).describe(images)
     print(f"init text: {text}", file=sys.stderr)
+    print(choose_flip(config.flip, text).describe(), file=sys.stderr)
     result = invert(
         backend,
         images,
@@ -169,10 +201,10 @@ def _invert(args: argparse.Namespace) -> None:
 
 
 def _perfusion(args: argparse.Namespace) -> None:
-    from captinv.backends.diffusers_backend import DiffusersBackend
     from captinv.captioning import init_source
     from captinv.images import load_images
     from captinv.inversion import default_base
+    from captinv.latents import choose_flip
     from captinv.perfusion import editing
     from captinv.perfusion.concept import PerfusionConcept
     from captinv.perfusion.covariance import CovarianceCache
@@ -181,9 +213,10 @@ def _perfusion(args: argparse.Namespace) -> None:
 
     config, options = _config(args), _config(args, PerfusionOptions)
     images = load_images(args.images)
-    backend = DiffusersBackend.load(args.model, device=args.device)
+    backend = _backend(args, config.mixed_precision)
     text = init_source(config, str(backend.device), args.images[0]).describe(images)
     print(f"init text: {text}", file=sys.stderr)
+    print(choose_flip(config.flip, text).describe(), file=sys.stderr)
     covariance = text_covariance(backend, options, CovarianceCache(args.covariance_cache))
     result = train_concept(
         backend,
@@ -223,7 +256,6 @@ def _concept_arg(item: str) -> tuple[Path, float | None]:
 def _generate(args: argparse.Namespace) -> None:
     from contextlib import nullcontext
 
-    from captinv.backends.diffusers_backend import DiffusersBackend
     from captinv.embedding_io import read_embedding
     from captinv.perfusion import editing
     from captinv.perfusion.concept import PerfusionConcept
@@ -235,7 +267,7 @@ def _generate(args: argparse.Namespace) -> None:
         betas.append(concepts[-1].beta if beta is None else beta)
     embeddings = {path.stem: read_embedding(path).vectors for path in args.embedding}
     embeddings |= {concept.name: concept.embedding for concept in concepts}
-    backend = DiffusersBackend.load(args.model, device=args.device)
+    backend = _backend(args)
     edits = editing.applied(backend.denoiser(), concepts, beta=betas) if concepts else nullcontext()
     with edits:
         image = backend.generate(

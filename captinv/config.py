@@ -16,6 +16,7 @@ from captinv.errors import ConfigError
 InitMode = Literal["caption", "classify", "text"]
 TemplateSet = Literal["object", "style", "none"]
 Schedule = Literal["constant", "linear", "cosine"]
+FlipMode = Literal["auto", "on", "off"]
 
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-large"
 DEFAULT_CLASSIFIER = "google/vit-base-patch16-224"
@@ -89,7 +90,10 @@ class InvertConfig(_Options):
         choices=("object", "style", "none"),
     )
     vectors_per_word: int | None = _opt(
-        None, "Vectors per word (default: one per BPE token of the word).", minimum=1
+        None,
+        "Vectors per word (default: one per BPE token of the word). Fewer than its tokens start at the means "
+        "of runs of consecutive tokens; more repeat the tokens.",
+        minimum=1,
     )
     train_function_words: bool = _opt(
         True,
@@ -97,14 +101,23 @@ class InvertConfig(_Options):
     )
     init_l2: float = _opt(0.0, "Weight of an L2 pull of each vector toward its initial value.", minimum=0.0)
     resolution: int | None = _opt(None, "Training resolution in pixels (default: the model's).", minimum=64)
-    flip: bool = _opt(True, "Also train on the horizontally flipped image.")
+    flip: FlipMode = _opt(
+        "auto",
+        "Also train on the horizontally flipped image. auto: on unless the init text names a side (left, "
+        "right, ...), which a mirror image would contradict. --flip/--no-flip (on/off) decide.",
+        choices=("auto", "on", "off"),
+        negatable=True,
+    )
     random_crops: int = _opt(0, "Extra random square crops per image, encoded once.", minimum=0)
     max_grad_norm: float | None = _opt(
         1.0, "Clip the vectors' gradient norm (none: no clipping).", minimum=0.0
     )
     seed: int = _opt(0, "Random seed; a run is reproducible for the same seed, model and device.")
     mixed_precision: bool = _opt(
-        True, "On a GPU, run the frozen model in half precision (vectors stay fp32)."
+        True,
+        "Run the frozen model in half precision under autocast, with loss scaling for float16; vectors stay "
+        "float32. Headless: float16 on a GPU, and off loads the model in float32. In the WebUI the model's "
+        "precision is the WebUI's (start it with --no-half for float32); off then needs a float32 model.",
     )
     gradient_checkpointing: bool = _opt(
         False, "Recompute activations in backward: less memory, ~30% slower. For small GPUs."
@@ -116,6 +129,8 @@ class InvertConfig(_Options):
     caption_max_tokens: int = _opt(30, "Longest caption, in generated tokens.", minimum=1)
 
     def __post_init__(self) -> None:
+        if isinstance(self.flip, bool):  # --flip/--no-flip, and requests written before "auto" existed
+            self.flip = "on" if self.flip else "off"
         super().__post_init__()
         if self.init == "text" and not (self.text or "").strip():
             raise ConfigError("--init text needs the init text (for classic textual inversion use '*').")

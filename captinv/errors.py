@@ -44,6 +44,10 @@ class UnsupportedModelError(CaptinvError):
     """The model family is not one captinv can train against."""
 
 
+class NonFiniteLatentsError(CaptinvError):
+    """The VAE encodes the training image to NaN/inf, at every precision the host can offer."""
+
+
 class TrainingDivergedError(CaptinvError):
     """The loss stayed non-finite even after rolling back and lowering the rate."""
 

@@ -23,7 +23,7 @@ from captinv.config import InvertConfig
 from captinv.embedding_io import EmbeddingFile, write_embeddings
 from captinv.errors import Interrupted
 from captinv.init_vectors import WordPlan, plan_words
-from captinv.latents import build_latent_cache
+from captinv.latents import build_latent_cache, choose_flip
 from captinv.trainer import Callbacks, RunReport, Trainer, TrainResult
 
 EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
@@ -130,7 +130,7 @@ def train(
         backend,
         images,
         config.resolution or backend.default_resolution,
-        flip=config.flip,
+        flip=choose_flip(config.flip, plan.text).enabled,
         random_crops=config.random_crops,
         generator=generator,
     )
@@ -165,4 +165,5 @@ def invert(
         files=[f.path for f in files],
         text=plan.text,
         sentence=plan.sentence(),
+        flip=choose_flip(config.flip, plan.text),
     )

@@ -35,7 +35,7 @@ from captinv.config import InvertConfig, PerfusionOptions
 from captinv.errors import CaptionError, Interrupted
 from captinv.init_vectors import FUNCTION_WORDS, PseudoWord, WordPlan, split_words
 from captinv.inversion import existing_names
-from captinv.latents import build_latent_cache
+from captinv.latents import build_latent_cache, choose_flip
 from captinv.perfusion import editing
 from captinv.perfusion.concept import ConceptSize, PerfusionConcept
 from captinv.perfusion.covariance import (
@@ -311,7 +311,7 @@ def train_concept(
         backend,
         images,
         config.resolution or backend.default_resolution,
-        flip=config.flip,
+        flip=choose_flip(config.flip, text).enabled,
         random_crops=config.random_crops,
         generator=torch.Generator().manual_seed(config.seed),
     )
