@@ -114,11 +114,14 @@ def sd_pipeline(
     )
 
 
-def sdxl_pipeline(tmp: Path, *, prediction: str = "epsilon") -> StableDiffusionXLPipeline:
-    """SDXL-like: CLIP-L-like 32 wide + bigG-like 48 wide with projection; text_time conditioning."""
-    torch.manual_seed(0)
-    width_l, width_g, time_dim = 32, 48, 8
-    unet = _unet(
+_WIDTH_L, _WIDTH_G = 32, 48
+
+
+def _sdxl_unet(context: int, time_ids: int) -> UNet2DConditionModel:
+    """SDXL's UNet layout: `context` wide cross-attention, `time_ids` size/crop (and aesthetic) numbers
+    embedded beside the pooled bigG vector."""
+    time_dim = 8
+    return _unet(
         4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
@@ -127,15 +130,25 @@ def sdxl_pipeline(tmp: Path, *, prediction: str = "epsilon") -> StableDiffusionX
         addition_embed_type="text_time",
         addition_time_embed_dim=time_dim,
         transformer_layers_per_block=(1, 2),
-        projection_class_embeddings_input_dim=6 * time_dim + width_g,
-        cross_attention_dim=width_l + width_g,
+        projection_class_embeddings_input_dim=time_ids * time_dim + _WIDTH_G,
+        cross_attention_dim=context,
     )
+
+
+def _big_g() -> CLIPTextModelWithProjection:
+    return CLIPTextModelWithProjection(
+        _text_config(_WIDTH_G, 4, pad_token_id=0, projection_dim=_WIDTH_G)
+    ).eval()
+
+
+def sdxl_pipeline(tmp: Path, *, prediction: str = "epsilon") -> StableDiffusionXLPipeline:
+    """SDXL-like: CLIP-L-like 32 wide + bigG-like 48 wide with projection; text_time conditioning."""
+    torch.manual_seed(0)
+    unet = _sdxl_unet(_WIDTH_L + _WIDTH_G, time_ids=6)
     return StableDiffusionXLPipeline(
         vae=_vae(),
-        text_encoder=CLIPTextModel(_text_config(width_l, 4)).eval(),
-        text_encoder_2=CLIPTextModelWithProjection(
-            _text_config(width_g, 4, pad_token_id=0, projection_dim=width_g)
-        ).eval(),
+        text_encoder=CLIPTextModel(_text_config(_WIDTH_L, 4)).eval(),
+        text_encoder_2=_big_g(),
         tokenizer=clip_tokenizer(tmp / "tokenizer-l"),
         tokenizer_2=clip_tokenizer(tmp / "tokenizer-g", pad_token="!"),
         unet=unet,
@@ -146,27 +159,13 @@ def sdxl_pipeline(tmp: Path, *, prediction: str = "epsilon") -> StableDiffusionX
 def sdxl_refiner_pipeline(tmp: Path) -> StableDiffusionXLImg2ImgPipeline:
     """SDXL-refiner-like: only the bigG text encoder, aesthetic-score conditioning."""
     torch.manual_seed(0)
-    width_g, time_dim = 48, 8
-    unet = _unet(
-        4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=time_dim,
-        projection_class_embeddings_input_dim=5 * time_dim + width_g,
-        cross_attention_dim=width_g,
-    )
     return StableDiffusionXLImg2ImgPipeline(
         vae=_vae(),
         text_encoder=None,
-        text_encoder_2=CLIPTextModelWithProjection(
-            _text_config(width_g, 4, pad_token_id=0, projection_dim=width_g)
-        ).eval(),
+        text_encoder_2=_big_g(),
         tokenizer=None,
         tokenizer_2=clip_tokenizer(tmp / "tokenizer-g", pad_token="!"),
-        unet=unet,
+        unet=_sdxl_unet(_WIDTH_G, time_ids=5),
         scheduler=_scheduler("epsilon"),
         requires_aesthetics_score=True,
     )
