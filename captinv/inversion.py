@@ -24,7 +24,7 @@ from captinv.embedding_io import EmbeddingFile, write_embeddings
 from captinv.errors import Interrupted
 from captinv.init_vectors import WordPlan, plan_words
 from captinv.latents import build_latent_cache, choose_flip
-from captinv.trainer import Callbacks, RunReport, Trainer, TrainResult
+from captinv.trainer import Callbacks, RunReport, Trainer, TrainResult, autocast_dtype
 
 EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
 
@@ -63,7 +63,8 @@ def existing_names(out_dir: Path, backend: ModelBackend) -> set[str]:
 
 
 def prepare(backend: ModelBackend, text: str, base: str, config: InvertConfig, out_dir: Path) -> WordPlan:
-    """Plan the pseudo-words and check their names before anything expensive runs."""
+    """Plan the pseudo-words and check their names and precision before anything expensive runs."""
+    autocast_dtype(backend, config)
     plan = plan_words(backend, text, base, config)
     for name in plan.output_names():
         names.output_path(out_dir, name, ".safetensors")

@@ -6,8 +6,9 @@ import torch
 from captinv.backends.diffusers_backend import DiffusersBackend
 from captinv.backends.diffusers_loading import model_dtype
 from captinv.errors import ConfigError, TrainingDivergedError
+from captinv.inversion import prepare
 from tests import factories
-from tests.helpers import make_trainer, weights
+from tests.helpers import make_trainer, text_config, weights
 
 HALF = [torch.bfloat16, torch.float16]
 
@@ -76,7 +77,7 @@ def test_a_float16_gradient_overflow_skips_the_update_and_lowers_the_loss_scale(
     assert trainer.step() is not None and not torch.equal(trainer.params["emb_params"], before)
 
 
-def test_mixed_precision_off_means_float32(model_dir, chelsea, tmp_path):
+def test_mixed_precision_off_means_float32(model_dir, tmp_path):
     assert model_dtype(torch.device("cuda"), mixed_precision=False) == torch.float32
     assert model_dtype(torch.device("cuda"), mixed_precision=True) == torch.float16
     assert model_dtype(torch.device("cpu"), mixed_precision=True) == torch.float32
@@ -84,7 +85,7 @@ def test_mixed_precision_off_means_float32(model_dir, chelsea, tmp_path):
     with pytest.raises(
         ConfigError, match=r"runs in float16.*--no-mixed-precision \(loads the model in float32\)"
     ):
-        make_trainer(backend, chelsea, tmp_path, mixed_precision=False)
+        prepare(backend, "a cat", "x", text_config(mixed_precision=False), tmp_path)  # before any model work
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
