@@ -82,7 +82,10 @@ def _add_option(
     if choices:
         kwargs["choices"] = choices
     flag = cli_flag(spec.name)
-    if base is bool:
+    if base is bool or spec.metadata.get(
+        "negatable"
+    ):  # a negatable choice: --x on, --no-x off, absent: default
+        kwargs.pop("choices", None)
         action = parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
     else:
         is_number = base in (int, float)
@@ -99,12 +102,29 @@ def _add_options(parser: argparse.ArgumentParser, options: type, skip: tuple[str
             _add_option(parser, spec, options)
 
 
-def _run_flags(parser: argparse.ArgumentParser, default_out: str) -> None:
+def _loading_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help=_MODEL_HELP)
+    parser.add_argument("--device", default=None, help=_DEVICE_HELP)
+    parser.add_argument(
+        "--prediction-type",
+        choices=("eps", "v"),
+        default=None,
+        help="What the model predicts, when the detection is wrong (default: from its config; for a single "
+        "file as the WebUI decides: a yaml beside it, a v_pred key, else the UNet's response).",
+    )
+    parser.add_argument(
+        "--model-config",
+        default=None,
+        help="Diffusers folder or hub id whose configs build a single-file checkpoint (default: diffusers' "
+        "choice for the detected family, fetched from the Hub).",
+    )
+
+
+def _run_flags(parser: argparse.ArgumentParser, default_out: str) -> None:
+    _loading_flags(parser)
     parser.add_argument(
         "--out", type=Path, default=Path(default_out), help="Output folder (default: ./%(default)s)."
     )
-    parser.add_argument("--device", default=None, help=_DEVICE_HELP)
     parser.add_argument(
         "--sample", action="store_true", help="Also render <name>.preview.png with the result."
     )
@@ -149,8 +169,7 @@ def _parser() -> argparse.ArgumentParser:
 
     generate = commands.add_parser("generate", help="Render a prompt with embeddings and Perfusion concepts.")
     generate.add_argument("prompt")
-    generate.add_argument("--model", required=True, help=_MODEL_HELP)
-    generate.add_argument("--device", default=None, help=_DEVICE_HELP)
+    _loading_flags(generate)
     generate.add_argument("--embedding", type=Path, action="append", default=[], help="An embedding file.")
     generate.add_argument(
         "--concept",
@@ -202,11 +221,18 @@ def _quiet_libraries(args: argparse.Namespace) -> None:
     warnings.filterwarnings("ignore", message=_NOISE.pattern)
 
 
-def _load_backend(args: argparse.Namespace, device):
+def _load_backend(args: argparse.Namespace, device, mixed_precision: bool = True):
     from captinv.backends.diffusers_backend import DiffusersBackend
 
     _quiet_libraries(args)
-    return DiffusersBackend.load(args.model, device=device)
+    backend = DiffusersBackend.load(
+        args.model,
+        device=device,
+        mixed_precision=mixed_precision,
+        prediction=args.prediction_type,
+        config=args.model_config,
+    )
+    return backend
 
 
 def _init_text(args: argparse.Namespace, config: InvertConfig, images, device: Any, first_image: str) -> str:
@@ -225,14 +251,19 @@ def _show_init_text(config: InvertConfig, text: str) -> None:
         print(f"init text: {text}", file=sys.stderr)
 
 
-def _progress_bar(total: int):
-    """A bar that appears with the first step, so a run refused before training shows none."""
+def _progress_bar(total: int, backend, config: InvertConfig, text: str):
+    """A bar that appears with the first step, so a run refused before training shows none; above
+    it, what was loaded and whether the photos are flipped."""
     from tqdm import tqdm
+
+    from captinv.latents import choose_flip
 
     bars: list[tqdm] = []
 
     def update(progress) -> None:
         if not bars:
+            print(f"model: {backend.describe()}", file=sys.stderr)
+            print(choose_flip(config.flip, text).describe(), file=sys.stderr)
             bars.append(tqdm(total=total, unit="step", dynamic_ncols=True))
         bar = bars[0]
         bar.update(progress.step - bar.n)
@@ -278,7 +309,7 @@ def _invert(args: argparse.Namespace, written: _Written) -> None:
     text = _init_text(args, config, images, device, args.images[0])
     check_inputs(text, base, config, args.out)
     _show_init_text(config, text)
-    backend = _load_backend(args, device)
+    backend = _load_backend(args, device, config.mixed_precision)
     result = invert(
         backend,
         images,
@@ -286,7 +317,7 @@ def _invert(args: argparse.Namespace, written: _Written) -> None:
         config,
         args.out,
         base=base,
-        callbacks=Callbacks(progress=_progress_bar(config.steps)),
+        callbacks=Callbacks(progress=_progress_bar(config.steps, backend, config, text)),
     )
     written.paths += result.files
     for path in result.files:
@@ -325,7 +356,7 @@ def _perfusion(args: argparse.Namespace, written: _Written) -> None:
     text = _init_text(args, config, images, device, args.images[0])
     check_concept_inputs(text, name, config, options, args.out)
     _show_init_text(config, text)
-    backend = _load_backend(args, device)
+    backend = _load_backend(args, device, config.mixed_precision)
     result = train_concept(
         backend,
         images,
@@ -335,7 +366,7 @@ def _perfusion(args: argparse.Namespace, written: _Written) -> None:
         args.out,
         name=name,
         covariance=lambda: text_covariance(backend, options, CovarianceCache(args.covariance_cache)),
-        callbacks=Callbacks(progress=_progress_bar(config.steps)),
+        callbacks=Callbacks(progress=_progress_bar(config.steps, backend, config, text)),
     )
     written.paths.append(result.path)
     print(result.path)

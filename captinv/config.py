@@ -19,6 +19,7 @@ from captinv.errors import ConfigError, option
 InitMode = Literal["caption", "classify", "text"]
 TemplateSet = Literal["object", "style", "none"]
 Schedule = Literal["constant", "linear", "cosine"]
+FlipMode = Literal["auto", "on", "off"]
 
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-large"
 DEFAULT_CLASSIFIER = "google/vit-base-patch16-224"
@@ -168,7 +169,8 @@ class InvertConfig(_Options):
     )
     vectors_per_word: int | None = _opt(
         None,
-        "Vectors per word (default: one per BPE token of the word).",
+        "Vectors per word (default: one per BPE token of the word). Fewer than its tokens start at the means "
+        "of runs of consecutive tokens; more repeat the tokens.",
         minimum=1,
         maximum=MAX_VECTORS,
         none="one per token",
@@ -186,7 +188,13 @@ class InvertConfig(_Options):
         maximum=4096,
         none="the model's",
     )
-    flip: bool = _opt(True, "Also train on the horizontally flipped image.")
+    flip: FlipMode = _opt(
+        "auto",
+        "Also train on the horizontally flipped image. auto: on unless the init text names a side (left, "
+        "right, ...), which a mirror image would contradict. on/off decide.",
+        choices=("auto", "on", "off"),
+        negatable=True,
+    )
     random_crops: int = _opt(0, "Extra random square crops per image, encoded once.", minimum=0)
     max_grad_norm: float | None = _opt(
         1.0, "Clip the vectors' gradient norm (none: no clipping).", above=0, none="no clipping"
@@ -198,7 +206,10 @@ class InvertConfig(_Options):
         maximum=MAX_SEED,
     )
     mixed_precision: bool = _opt(
-        True, "On a GPU, run the frozen model in half precision (vectors stay fp32)."
+        True,
+        "Run the frozen model in half precision under autocast, with loss scaling for float16; vectors stay "
+        "float32. Headless: float16 on a GPU, and off loads the model in float32. In the WebUI the model's "
+        "precision is the WebUI's (start it with --no-half for float32); off then needs a float32 model.",
     )
     gradient_checkpointing: bool = _opt(
         False, "Recompute activations in backward: less memory, ~30% slower. For small GPUs."
@@ -210,6 +221,8 @@ class InvertConfig(_Options):
     caption_max_tokens: int = _opt(30, "Longest caption, in generated tokens.", minimum=1, maximum=512)
 
     def __post_init__(self) -> None:
+        if isinstance(self.flip, bool):  # --flip/--no-flip, and requests written before "auto" existed
+            self.flip = "on" if self.flip else "off"
         super().__post_init__()
         if self.init == "text" and self.text is None:
             raise ConfigError(

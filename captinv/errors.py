@@ -106,6 +106,10 @@ class OutputError(CaptinvError):
     """The output folder cannot be created or written (a file in the way, no permission, a full disk)."""
 
 
+class NonFiniteLatentsError(CaptinvError):
+    """The VAE encodes the training image to NaN/inf, at every precision the host can offer."""
+
+
 class TrainingDivergedError(CaptinvError):
     """The loss stayed non-finite even after rolling back and lowering the rate."""
 

@@ -68,7 +68,7 @@ def read_safetensors(
     `check(keys, metadata)` runs before any tensor is loaded and may refuse the file, so a
     multi-gigabyte checkpoint given by mistake is refused without being read.
     """
-    with _opened(path) as handle:
+    with open_safetensors(path) as handle:
         keys, metadata = list(handle.keys()), dict(handle.metadata() or {})
         if check is not None:
             check(keys, metadata)
@@ -77,12 +77,13 @@ def read_safetensors(
 
 def read_metadata(path: Path) -> dict[str, str]:
     """Only the string metadata of a safetensors file (its header), e.g. to tell kinds of file apart."""
-    with _opened(path) as handle:
+    with open_safetensors(path) as handle:
         return dict(handle.metadata() or {})
 
 
 @contextlib.contextmanager
-def _opened(path: Path) -> Iterator[Any]:
+def open_safetensors(path: Path) -> Iterator[Any]:
+    """A safetensors file opened lazily (keys, shapes, metadata without reading weights)."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)

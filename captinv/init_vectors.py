@@ -116,10 +116,22 @@ class WordPlan:
 
 
 def _spread(rows: Vectors, count: int | None) -> Vectors:
-    """`count` vectors cycling through the word's token rows (kohya's rule), or the rows as they are."""
+    """`count` starting vectors from a word's token rows, or the rows as they are.
+
+    Fewer vectors than tokens: the rows are split into `count` runs of consecutive tokens, as even
+    as possible, and each vector starts at its run's mean (one vector for "sleeping" = sleep + ing
+    starts between the two, not at "sleep"). More vectors than tokens: the rows repeat in order
+    (kohya's rule).
+    """
     if count is None:
         return rows
-    return {key: value[torch.arange(count) % value.shape[0]].clone() for key, value in rows.items()}
+    spread = {}
+    for key, value in rows.items():
+        if count < value.shape[0]:
+            spread[key] = torch.stack([run.mean(dim=0) for run in value.tensor_split(count)])
+        else:
+            spread[key] = value[torch.arange(count) % value.shape[0]].clone()
+    return spread
 
 
 def _checked_words(text: str, config: InvertConfig) -> list[tuple[str, bool]]:

@@ -22,6 +22,7 @@ from captinv.backends.base import ModelBackend, Vectors
 from captinv.config import InvertConfig
 from captinv.embedding_io import EmbeddingFile
 from captinv.init_vectors import WordPlan, plan_words, planned_names
+from captinv.latents import choose_flip
 from captinv.trainer import Callbacks, RunReport, Trainer, TrainResult
 
 
@@ -60,7 +61,7 @@ def check_inputs(text: str, base: str, config: InvertConfig, out_dir: Path) -> l
 
 
 def prepare(backend: ModelBackend, text: str, base: str, config: InvertConfig, out_dir: Path) -> WordPlan:
-    """Plan the pseudo-words and check their names before anything expensive runs."""
+    """Plan the pseudo-words and check their names and precision before anything expensive runs."""
     return runs.checked_plan(backend, _Inversion(text, base, config), Path(out_dir))
 
 
@@ -152,4 +153,5 @@ def invert(
         files=done.paths[: len(plan.output_names())],
         text=plan.text,
         sentence=plan.sentence(),
+        flip=choose_flip(config.flip, plan.text),
     )

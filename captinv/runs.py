@@ -25,8 +25,8 @@ from captinv.backends.base import ModelBackend
 from captinv.config import InvertConfig
 from captinv.errors import Interrupted
 from captinv.init_vectors import WordPlan
-from captinv.latents import build_latent_cache
-from captinv.trainer import Callbacks, Trainer, TrainResult
+from captinv.latents import build_latent_cache, choose_flip
+from captinv.trainer import Callbacks, Trainer, TrainResult, autocast_dtype
 
 ExtraFiles = Callable[[WordPlan, TrainResult], Mapping[str, bytes]]
 """More files for the run's set, made from the plan and the trained vectors (e.g. card files)."""
@@ -89,7 +89,9 @@ def check_output(
 
 
 def checked_plan(backend: ModelBackend, recipe: Recipe, out_dir: Path) -> WordPlan:
-    """The recipe's plan, once its names are known to be free in `out_dir` and for the host."""
+    """The recipe's plan, once the model's precision suits the config and the plan's names are known
+    to be free in `out_dir` and for the host."""
+    autocast_dtype(backend, recipe.config)
     plan = recipe.plan(backend)
     check_output(
         out_dir,
@@ -122,7 +124,7 @@ def run(
         backend,
         images,
         config.resolution or backend.default_resolution,
-        flip=config.flip,
+        flip=choose_flip(config.flip, plan.text).enabled,
         random_crops=config.random_crops,
         generator=torch.Generator().manual_seed(config.seed),
     )

@@ -20,13 +20,33 @@ import torch
 
 from captinv.backends.base import Conditioning, ModelBackend, Vectors
 from captinv.config import InvertConfig
-from captinv.errors import TrainingDivergedError
+from captinv.errors import ConfigError, TrainingDivergedError
 from captinv.init_vectors import WordPlan
-from captinv.latents import sample_draws
+from captinv.latents import FlipChoice, sample_draws
 from captinv.loss import diffusion_loss, init_pull
 from captinv.templates import templates_that_fit
 
 MAX_CONSECUTIVE_ROLLBACKS = 5
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def autocast_dtype(backend: ModelBackend, config: InvertConfig) -> torch.dtype | None:
+    """The autocast dtype of a run: the frozen model's half dtype, on any device autocast supports.
+
+    Autocast runs precision-sensitive ops (softmax, norms, the loss) in float32 around a half
+    model; a float16 model also gets a loss scaler. `mixed_precision` off asks for float32
+    throughout, which only a float32 model can give: refused at the start rather than training
+    with unscaled float16 gradients.
+    """
+    if backend.dtype not in HALF_DTYPES:
+        return None
+    if not config.mixed_precision:
+        dtype = str(backend.dtype).removeprefix("torch.")
+        raise ConfigError(
+            f"Mixed precision is off but the model runs in {dtype}; for float32: {backend.float32_advice}. "
+            "Or turn mixed precision back on."
+        )
+    return backend.dtype if torch.amp.is_autocast_available(backend.device.type) else None
 
 
 @dataclass
@@ -71,6 +91,7 @@ class RunReport:
     steps: int = 0
     seconds: float = 0.0
     rollbacks: int = 0
+    flip: FlipChoice | None = None  # whether the mirrored image was trained on, and why
 
     @classmethod
     def of_training(cls: type[ReportT], result: TrainResult, started: float, **fields: Any) -> ReportT:
@@ -91,7 +112,7 @@ class RunReport:
             "steps": self.steps,
             "seconds": round(self.seconds, 2),
             "rollbacks": self.rollbacks,
-        }
+        } | ({"flip": self.flip.enabled, "flip_reason": self.flip.reason} if self.flip else {})
 
 
 @dataclass(frozen=True)
@@ -127,10 +148,8 @@ class Trainer:
         self._last_good = [value.detach().clone() for value in self._trained()]
         self.lr_scale = 1.0
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        amp_dtype = backend.dtype if backend.dtype in (torch.float16, torch.bfloat16) else None
-        self._amp = config.mixed_precision and backend.device.type == "cuda" and amp_dtype is not None
-        self._amp_dtype = amp_dtype
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self._amp and amp_dtype == torch.float16)
+        self._amp_dtype = autocast_dtype(backend, config)
+        self.scaler = torch.amp.GradScaler(backend.device.type, enabled=backend.dtype == torch.float16)
         self.rollbacks = 0
         self._consecutive_rollbacks = 0
 
@@ -181,7 +200,7 @@ class Trainer:
         return Draws(x0, noise, t, [self.templates[0].format(self.plan.sentence())] * count)
 
     def _autocast(self):
-        if not self._amp:
+        if self._amp_dtype is None:
             return nullcontext()
         return torch.autocast(self.backend.device.type, dtype=self._amp_dtype)
 
@@ -235,16 +254,22 @@ class Trainer:
         self.rollbacks += 1
         self._consecutive_rollbacks += 1
         if self._consecutive_rollbacks > MAX_CONSECUTIVE_ROLLBACKS:
-            raise TrainingDivergedError(
-                "The loss stayed NaN/inf after several rollbacks. Lower the learning rate; on a GPU try "
-                "disabling mixed precision."
-            )
+            raise TrainingDivergedError(self._divergence_advice())
         for live, good in zip(self._trained(), self._last_good):
             live.copy_(good)
         self.optimizer.state.clear()
         self.lr_scale *= 0.5
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * self._lr_factor(self.scheduler.last_epoch)
+
+    def _divergence_advice(self) -> str:
+        advice = f"The loss stayed NaN/inf after {MAX_CONSECUTIVE_ROLLBACKS} rollbacks in a row. Lower the learning rate"
+        if self.backend.dtype in HALF_DTYPES:
+            dtype = str(self.backend.dtype).removeprefix("torch.")
+            return (
+                f"{advice}, or train in float32 (the model runs in {dtype}): {self.backend.float32_advice}."
+            )
+        return f"{advice}."
 
     def run(self, callbacks: Callbacks | None = None) -> TrainResult:
         callbacks = callbacks or Callbacks()

@@ -33,6 +33,11 @@ def sdxl(model_dir) -> DiffusersBackend:
 
 
 @pytest.fixture(scope="session")
+def sd1_inpaint(model_dir) -> DiffusersBackend:
+    return DiffusersBackend(factories.sd_pipeline(model_dir, in_channels=9), model_name="tiny-sd1-inpainting")
+
+
+@pytest.fixture(scope="session")
 def chelsea() -> Image.Image:
     """A real photo (Chelsea the cat) from scikit-image."""
     from skimage import data

@@ -2,7 +2,9 @@
 
 In the spirit of diffusers' `get_dummy_components`: the same UNet, VAE and CLIP
 classes as Stable Diffusion 1.x (ε), 2.x (v-prediction, 1024-wide text) and
-SDXL (two text encoders, pooled vector, time ids), only small. The tokenizer is
+SDXL (two text encoders, pooled vector, time ids), only small; and the variants
+captinv supports (inpainting) or refuses (instruct-pix2pix, the SDXL refiner,
+SD3). The tokenizer is
 the real CLIP BPE from open_clip's bundled vocabulary, so token ids and
 tokenisation are exactly those of the released models.
 """
@@ -15,7 +17,11 @@ import torch
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
     StableDiffusionPipeline,
+    StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
@@ -67,16 +73,27 @@ def _scheduler(prediction: str) -> DDIMScheduler:
     )
 
 
-def _unet(**arch) -> UNet2DConditionModel:
-    """A two-level UNet on 16x16 latents; `arch` sets the family's block types and conditioning."""
-    common = {"block_out_channels": (16, 32), "layers_per_block": 1, "sample_size": 16, "in_channels": 4}
-    return UNet2DConditionModel(out_channels=4, norm_num_groups=8, **common, **arch)
+def _unet(in_channels: int = 4, **arch) -> UNet2DConditionModel:
+    """A two-level UNet on 16x16 latents; `arch` sets the family's block types and conditioning.
+
+    `in_channels` 9 is an inpainting UNet (x_t, mask, masked-image latents), 8 instruct-pix2pix.
+    """
+    common = {"block_out_channels": (16, 32), "layers_per_block": 1, "sample_size": 16}
+    return UNet2DConditionModel(out_channels=4, norm_num_groups=8, in_channels=in_channels, **common, **arch)
 
 
-def sd_pipeline(tmp: Path, *, width: int = 32, prediction: str = "epsilon") -> StableDiffusionPipeline:
-    """SD1-like (width 32, ε) or SD2-like (width 1024, v) pipeline."""
+def sd_pipeline(
+    tmp: Path,
+    *,
+    width: int = 32,
+    prediction: str = "epsilon",
+    in_channels: int = 4,
+    pipeline_class: type = StableDiffusionPipeline,
+) -> StableDiffusionPipeline:
+    """SD1-like (width 32) or SD2-like (width 1024) pipeline, ε or v; inpainting with 9 channels."""
     torch.manual_seed(0)
     unet = _unet(
+        in_channels,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=width,
@@ -85,7 +102,7 @@ def sd_pipeline(tmp: Path, *, width: int = 32, prediction: str = "epsilon") -> S
     heads = 16 if width >= 1024 else 4
     pad = {"pad_token_id": 0} if width >= 1024 else {}
     tokenizer = clip_tokenizer(tmp / f"tokenizer-{width}", pad_token="!" if pad else "<|endoftext|>")
-    return StableDiffusionPipeline(
+    return pipeline_class(
         vae=_vae(),
         text_encoder=CLIPTextModel(_text_config(width, heads, **pad)).eval(),
         tokenizer=tokenizer,
@@ -97,11 +114,15 @@ def sd_pipeline(tmp: Path, *, width: int = 32, prediction: str = "epsilon") -> S
     )
 
 
-def sdxl_pipeline(tmp: Path) -> StableDiffusionXLPipeline:
-    """SDXL-like: CLIP-L-like 32 wide + bigG-like 48 wide with projection; text_time conditioning."""
-    torch.manual_seed(0)
-    width_l, width_g, time_dim = 32, 48, 8
-    unet = _unet(
+_WIDTH_L, _WIDTH_G = 32, 48
+
+
+def _sdxl_unet(context: int, time_ids: int) -> UNet2DConditionModel:
+    """SDXL's UNet layout: `context` wide cross-attention, `time_ids` size/crop (and aesthetic) numbers
+    embedded beside the pooled bigG vector."""
+    time_dim = 8
+    return _unet(
+        4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=(2, 4),
@@ -109,17 +130,70 @@ def sdxl_pipeline(tmp: Path) -> StableDiffusionXLPipeline:
         addition_embed_type="text_time",
         addition_time_embed_dim=time_dim,
         transformer_layers_per_block=(1, 2),
-        projection_class_embeddings_input_dim=6 * time_dim + width_g,
-        cross_attention_dim=width_l + width_g,
+        projection_class_embeddings_input_dim=time_ids * time_dim + _WIDTH_G,
+        cross_attention_dim=context,
     )
+
+
+def _big_g() -> CLIPTextModelWithProjection:
+    return CLIPTextModelWithProjection(
+        _text_config(_WIDTH_G, 4, pad_token_id=0, projection_dim=_WIDTH_G)
+    ).eval()
+
+
+def sdxl_pipeline(tmp: Path, *, prediction: str = "epsilon") -> StableDiffusionXLPipeline:
+    """SDXL-like: CLIP-L-like 32 wide + bigG-like 48 wide with projection; text_time conditioning."""
+    torch.manual_seed(0)
+    unet = _sdxl_unet(_WIDTH_L + _WIDTH_G, time_ids=6)
     return StableDiffusionXLPipeline(
         vae=_vae(),
-        text_encoder=CLIPTextModel(_text_config(width_l, 4)).eval(),
-        text_encoder_2=CLIPTextModelWithProjection(
-            _text_config(width_g, 4, pad_token_id=0, projection_dim=width_g)
-        ).eval(),
+        text_encoder=CLIPTextModel(_text_config(_WIDTH_L, 4)).eval(),
+        text_encoder_2=_big_g(),
         tokenizer=clip_tokenizer(tmp / "tokenizer-l"),
         tokenizer_2=clip_tokenizer(tmp / "tokenizer-g", pad_token="!"),
         unet=unet,
+        scheduler=_scheduler(prediction),
+    )
+
+
+def sdxl_refiner_pipeline(tmp: Path) -> StableDiffusionXLImg2ImgPipeline:
+    """SDXL-refiner-like: only the bigG text encoder, aesthetic-score conditioning."""
+    torch.manual_seed(0)
+    return StableDiffusionXLImg2ImgPipeline(
+        vae=_vae(),
+        text_encoder=None,
+        text_encoder_2=_big_g(),
+        tokenizer=None,
+        tokenizer_2=clip_tokenizer(tmp / "tokenizer-g", pad_token="!"),
+        unet=_sdxl_unet(_WIDTH_G, time_ids=5),
         scheduler=_scheduler("epsilon"),
+        requires_aesthetics_score=True,
+    )
+
+
+def sd3_pipeline(tmp: Path) -> StableDiffusion3Pipeline:
+    """SD3-like: an MMDiT transformer instead of a UNet, two CLIP encoders, no T5."""
+    torch.manual_seed(0)
+    transformer = SD3Transformer2DModel(
+        sample_size=16,
+        patch_size=2,
+        in_channels=4,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        caption_projection_dim=16,
+        pooled_projection_dim=64,
+        out_channels=4,
+    )
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=_vae(),
+        text_encoder=CLIPTextModelWithProjection(_text_config(32, 4, projection_dim=32)).eval(),
+        tokenizer=clip_tokenizer(tmp / "tokenizer-l"),
+        text_encoder_2=CLIPTextModelWithProjection(_text_config(32, 4, projection_dim=32)).eval(),
+        tokenizer_2=clip_tokenizer(tmp / "tokenizer-l"),
+        text_encoder_3=None,
+        tokenizer_3=None,
     )

@@ -253,10 +253,10 @@ def loaded_once():
     cache: dict[tuple, DiffusersBackend] = {}
     load = DiffusersBackend.load.__func__
 
-    def cached(cls, spec, device=None, dtype=None):
-        key = (spec, str(device), dtype)
+    def cached(cls, spec, device=None, dtype=None, **options):
+        key = (spec, str(device), dtype, tuple(sorted(options.items())))
         if key not in cache:
-            cache[key] = load(cls, spec, device=device, dtype=dtype)
+            cache[key] = load(cls, spec, device=device, dtype=dtype, **options)
         return cache[key]
 
     return classmethod(cached)

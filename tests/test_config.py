@@ -33,7 +33,7 @@ def test_defaults_follow_the_caption_init_paper():
         (InvertConfig, {"batch_size": 0}, "batch_size must be a whole number of at least 1"),
         (InvertConfig, {"init_l2": -1.0}, "init_l2 must be a finite number of at least 0"),
         (InvertConfig, {"seed": -1}, "seed must be a whole number from 0 to 4294967295"),
-        (InvertConfig, {"flip": "yes"}, "flip must be true or false"),
+        (InvertConfig, {"flip": "yes"}, "flip must be one of auto, on, off; got 'yes'"),
         (InvertConfig, {"text": "  "}, "text is empty; type some text or leave it out"),
         (InvertConfig, {"captioner": ""}, "captioner is empty"),
         (PerfusionOptions, {"beta": math.nan}, "beta must be a finite number; got nan"),

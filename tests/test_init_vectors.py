@@ -38,12 +38,29 @@ def test_function_words_can_stay_plain(sd1):
     assert plan.output_names() == ["x-all", "x-w02-cat", "x-w05-bed"]
 
 
-def test_vectors_per_word_cycles_the_token_rows(sd1):
+def test_more_vectors_than_tokens_repeat_the_token_rows(sd1):
     plan = plan_words(sd1, "sleeping", "x", InvertConfig(init="text", text="a", vectors_per_word=3))
     rows = sd1.token_rows(sd1.tokenize("sleeping"))["emb_params"]
     word = plan.words[0]
     assert word.vector_count == 3
     assert torch.equal(word.init["emb_params"], rows[torch.arange(3) % rows.shape[0]])
+
+
+@pytest.mark.parametrize("backend_name", ["sd1", "sdxl"])
+def test_one_vector_for_a_multi_token_word_starts_at_the_mean_of_its_pieces(request, backend_name):
+    backend = request.getfixturevalue(backend_name)
+    plan = plan_words(backend, "t-shirt", "x", InvertConfig(init="text", text="a", vectors_per_word=1))
+    rows = backend.token_rows(backend.tokenize("t-shirt"))
+    assert all(value.shape[0] == 3 for value in rows.values())  # t, -, shirt
+    for key, value in rows.items():
+        assert torch.allclose(plan.words[0].init[key], value.mean(dim=0, keepdim=True))
+
+
+def test_fewer_vectors_than_tokens_average_runs_of_consecutive_tokens(sd1):
+    plan = plan_words(sd1, "t-shirt", "x", InvertConfig(init="text", text="a", vectors_per_word=2))
+    rows = sd1.token_rows(sd1.tokenize("t-shirt"))["emb_params"]
+    expected = torch.stack([rows[:2].mean(dim=0), rows[2]])
+    assert torch.allclose(plan.words[0].init["emb_params"], expected)
 
 
 def test_empty_and_overlong_init_text_are_refused(sd1):

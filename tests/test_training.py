@@ -6,7 +6,7 @@ from captinv.trainer import Callbacks
 from tests.helpers import make_trainer, weights
 
 
-@pytest.mark.parametrize("backend_name", ["sd1", "sd2v", "sdxl"])
+@pytest.mark.parametrize("backend_name", ["sd1", "sd2v", "sdxl", "sd1_inpaint"])
 def test_training_lowers_held_out_loss_and_only_the_vectors_change(request, backend_name, chelsea, tmp_path):
     backend = request.getfixturevalue(backend_name)
     before = weights(backend)

@@ -25,6 +25,7 @@ import torch
 from bench.convergence.concepts import MODES, Concept, miniworld_concepts, user_concepts
 from bench.convergence.measure import Run, Settings, detector_score, invert_curve, latents_of, reference
 from bench.convergence.report import plot, summarise
+from captinv.latents import choose_flip
 
 log = logging.getLogger("bench.convergence")
 
@@ -43,7 +44,7 @@ def _load(model: str, device: str | None, threads: int | None) -> None:
 def measure_concept(concept: Concept, seeds: list[int], modes: list[str], settings: Settings) -> list[Run]:
     """Every mode and seed of one concept, in the worker's loaded model."""
     backend = _WORKER["backend"]
-    latents = latents_of(backend, concept, settings)
+    latents = {flip: latents_of(backend, concept, flip) for flip in (False, True)}
     score = None
     if concept.truth is not None:
         from bench.miniworld.world import detect
@@ -51,9 +52,10 @@ def measure_concept(concept: Concept, seeds: list[int], modes: list[str], settin
         score = detector_score(backend, concept, settings, detect)
     runs = []
     for seed in seeds:
-        ref = reference(backend, concept, latents, settings, seed)
+        ref = reference(backend, concept, latents[False], settings, seed)
         for mode in (m for m in modes if m in concept.inits):
-            run = invert_curve(backend, concept, mode, seed, settings, latents, ref, score)
+            flip = choose_flip(settings.config(concept.inits[mode], seed).flip, concept.inits[mode]).enabled
+            run = invert_curve(backend, concept, mode, seed, settings, latents[flip], ref, score)
             log.info(
                 "%s %s seed %d: loss %.3f -> %.3f (normalised %.2f -> %.2f) score %s, %.0f s",
                 concept.name, mode, seed, run.loss[0], run.loss[-1], run.gap[0], run.gap[-1],
@@ -102,6 +104,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--templates", choices=("none", "object", "style"), help="default: none for the mini world"
     )
+    parser.add_argument(
+        "--flip",
+        choices=("auto", "on", "off"),
+        default=defaults.flip,
+        help="train on the mirrored image too (auto: captinv's rule, off when the init text names a side)",
+    )
     parser.add_argument("--eval-every", type=int, default=defaults.eval_every)
     parser.add_argument(
         "--eval-draws", type=int, default=defaults.eval_draws, help="fixed draws per evaluation"
@@ -130,6 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
         learning_rate=args.learning_rate,
         batch_size=args.batch_size,
         templates=args.templates or ("none" if miniworld else "object"),
+        flip=args.flip,
         eval_every=args.eval_every,
         eval_draws=args.eval_draws,
     )

@@ -43,7 +43,7 @@ class Settings:
     learning_rate: float = InvertConfig.learning_rate
     batch_size: int = InvertConfig.batch_size
     templates: str = "none"
-    flip: bool = False
+    flip: str = "off"  # InvertConfig.flip: "auto" applies the CLI's rule to each mode's init text
     eval_every: int = 10
     eval_draws: int = 48
     score_at: tuple[int, ...] = (InvertConfig.steps,)  # steps at which to reconstruct (and at the end)
@@ -94,12 +94,14 @@ class Reference:
         return (loss - self.caption) / (self.empty - self.caption)
 
 
-def latents_of(backend: ModelBackend, concept: Concept, settings: Settings) -> torch.Tensor:
+def latents_of(backend: ModelBackend, concept: Concept, flip: bool) -> torch.Tensor:
+    """The concept's image (and its mirror image with `flip`); evaluation draws come from the
+    image as it is, whatever the modes train on."""
     return build_latent_cache(
         backend,
         [concept.image],
         backend.default_resolution,
-        flip=settings.flip,
+        flip=flip,
         random_crops=0,
         generator=torch.Generator().manual_seed(0),
     )

@@ -72,6 +72,10 @@ class ModelBackend(ABC):
     device: torch.device
     dtype: torch.dtype  # the frozen model's compute dtype
     default_resolution: int
+    vae_advice = "Use another VAE or checkpoint: this one does not encode the image to finite numbers."
+    """What the user can do when the VAE gives NaN/inf latents at every precision the backend tries."""
+    float32_advice = "train with the model in float32"
+    """How the user gets a float32 model on this host (a half-precision run that diverges may need one)."""
 
     @abstractmethod
     def tokenize(self, text: str) -> list[int]:
@@ -84,6 +88,15 @@ class ModelBackend(ABC):
     @abstractmethod
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] in [-1, 1] -> scaled latents (float32), without gradients."""
+
+    def encode_images_upcast(self, pixels: torch.Tensor) -> torch.Tensor | None:
+        """`encode_images` again at a higher VAE precision, after it returned NaN/inf; None when the
+        VAE already runs at the highest precision the host allows.
+
+        SDXL's VAE overflows in float16. The diffusers backend retries in float32; the WebUI
+        adapter follows the WebUI's own "revert VAE to 32-bit floats" / bfloat16 options.
+        """
+        return None
 
     @abstractmethod
     def conditioning(self, prompts: list[str], embeddings: Mapping[str, Vectors]) -> Conditioning:

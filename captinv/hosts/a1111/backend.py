@@ -131,6 +131,12 @@ class A1111Backend(ModelBackend):
         self._registered: dict[str, Embedding] = {}
         self._resolution = self.default_resolution
 
+    vae_advice = (
+        "Turn on Settings > VAE > 'Automatically revert VAE to 32-bit floats', start the WebUI with "
+        "--no-half-vae, or pick another VAE (for SDXL: an fp16-fixed VAE)."
+    )
+    float32_advice = "start the WebUI with --no-half (the tab cannot change the WebUI's precision)"
+
     # -- ModelBackend --------------------------------------------------------------
 
     def tokenize(self, text: str) -> list[int]:
@@ -145,16 +151,38 @@ class A1111Backend(ModelBackend):
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         self._resolution = pixels.shape[-1]
+        return self._encode(pixels, devices.dtype_vae)
+
+    def encode_images_upcast(self, pixels: torch.Tensor) -> torch.Tensor | None:
+        """The WebUI's own way out of a NaN VAE (its decode retry): bfloat16 when "Automatically
+        convert VAE to bfloat16" is on, float32 when "Automatically revert VAE to 32-bit floats" is;
+        the VAE goes back to its dtype afterwards."""
+        if getattr(shared.opts, "auto_vae_precision_bfloat16", False) and devices.dtype_vae != torch.bfloat16:
+            dtype = torch.bfloat16
+        elif getattr(shared.opts, "auto_vae_precision", True) and devices.dtype_vae != torch.float32:
+            dtype = torch.float32
+        else:
+            return None
+        vae = self.model.first_stage_model
+        vae.to(dtype)
+        try:
+            return self._encode(pixels, dtype)
+        finally:
+            vae.to(devices.dtype_vae)
+
+    def _encode(self, pixels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Latents with the VAE in `dtype` and no autocast: under the WebUI's autocast the VAE's convs
+        would run in float16 even with --no-half-vae."""
         # ldm's encoding samples from the posterior with the global RNG: fork it so a run is reproducible
         # and the WebUI's own random state is left alone.
         with (
             torch.random.fork_rng(devices=[] if self.device.type == "cpu" else [self.device]),
-            devices.autocast(),
+            devices.without_autocast(),
         ):
             torch.manual_seed(0)
             chunks = [
                 self.model.get_first_stage_encoding(
-                    self.model.encode_first_stage(chunk.to(devices.device, devices.dtype_vae))
+                    self.model.encode_first_stage(chunk.to(devices.device, dtype))
                 ).float()
                 for chunk in pixels.split(4)
             ]
