@@ -73,7 +73,15 @@ class InvertConfig(_Options):
     )
     name: str | None = _opt(None, "Base name of the new embeddings (default: the first image's file name).")
     steps: int = _opt(
-        100, "Optimisation steps. ~100 with caption init; classic TI needs thousands.", minimum=1
+        100,
+        "Optimisation steps; with auto-stop the most it may take. ~100 with caption init; classic TI "
+        "needs thousands.",
+        minimum=1,
+    )
+    auto_stop: bool = _opt(
+        True,
+        "Stop before --steps once the loss on a few fixed noise draws has stopped improving "
+        "(docs/auto-stop.md). Off: train exactly --steps.",
     )
     learning_rate: float = _opt(0.005, "AdamW learning rate of the new vectors.", minimum=0.0)
     lr_schedule: Schedule = _opt(

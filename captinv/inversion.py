@@ -18,13 +18,13 @@ import torch
 from PIL import Image
 
 from captinv import __version__, names
-from captinv.backends.base import ModelBackend, Vectors
+from captinv.backends.base import ModelBackend
 from captinv.config import InvertConfig
 from captinv.embedding_io import EmbeddingFile, write_embeddings
 from captinv.errors import Interrupted
 from captinv.init_vectors import WordPlan, plan_words
 from captinv.latents import build_latent_cache
-from captinv.trainer import Callbacks, RunReport, Trainer, TrainResult
+from captinv.trainer import Callbacks, RunReport, Trainer, TrainResult, stop_metadata
 
 EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
 
@@ -74,7 +74,7 @@ def prepare(backend: ModelBackend, text: str, base: str, config: InvertConfig, o
 
 
 def _metadata(
-    plan: WordPlan, backend: ModelBackend, config: InvertConfig, steps: int, name: str
+    plan: WordPlan, backend: ModelBackend, config: InvertConfig, result: TrainResult, name: str
 ) -> dict[str, str]:
     return {
         "format": "captinv",
@@ -84,7 +84,7 @@ def _metadata(
         "words": json.dumps([word.text for word in plan.words]),
         "sentence": plan.sentence(),
         "init": config.init,
-        "steps": str(steps),
+        **stop_metadata(result, config),
         "learning_rate": str(config.learning_rate),
         "seed": str(config.seed),
         "base_model": backend.model_name,
@@ -94,24 +94,24 @@ def _metadata(
 
 def output_files(
     plan: WordPlan,
-    trained: dict[str, Vectors],
+    result: TrainResult,
     backend: ModelBackend,
     config: InvertConfig,
-    steps: int,
     out_dir: Path,
 ) -> list[EmbeddingFile]:
     """The combined embedding (every word in order, fixed words at their token rows) and one per trained word."""
+    trained = result.embeddings
     pieces = [trained[w.name] if w.trainable else w.init for w in plan.words]
     combined = {enc.key: torch.cat([piece[enc.key] for piece in pieces]) for enc in backend.encoders}
     files = [
         EmbeddingFile(
             names.output_path(out_dir, plan.combined_name, ".safetensors"),
             combined,
-            _metadata(plan, backend, config, steps, plan.combined_name),
+            _metadata(plan, backend, config, result, plan.combined_name),
         )
     ]
     for word in plan.trainable:
-        metadata = _metadata(plan, backend, config, steps, word.name) | {"word": word.text}
+        metadata = _metadata(plan, backend, config, result, word.name) | {"word": word.text}
         files.append(
             EmbeddingFile(names.output_path(out_dir, word.name, ".safetensors"), trained[word.name], metadata)
         )
@@ -154,11 +154,12 @@ def invert(
     result = train(backend, images, plan, config, callbacks)
     if result.interrupted:
         raise Interrupted(f"Stopped at step {result.steps} of {config.steps}; nothing was written.")
-    files = output_files(plan, result.embeddings, backend, config, result.steps, out_dir)
+    files = output_files(plan, result, backend, config, out_dir)
     write_embeddings(files, overwrite=config.overwrite)
     return InvertResult.of_training(
         result,
         start,
+        config.steps,
         base=plan.base,
         combined_name=plan.combined_name,
         word_names=[w.name for w in plan.trainable],

@@ -49,7 +49,7 @@ from captinv.perfusion.layers import cross_attention_layers
 from captinv.perfusion.rank1 import ema_update, straight_through
 from captinv.perfusion.trainable import TrainableConcept
 from captinv.templates import templates_that_fit
-from captinv.trainer import Callbacks, RunReport, Trainer
+from captinv.trainer import Callbacks, RunReport, Trainer, TrainResult, stop_metadata
 
 _FINGERPRINT_PROMPT = "a photo of a cat on a red chair"
 _PHRASE_ENDS = frozenset(
@@ -223,11 +223,10 @@ class PerfusionTrainer(Trainer):
         context = self.backend.context(cond)
         index = torch.tensor([self.positions[p] for p in prompts], device=context.device)
         encodings = context[torch.arange(len(prompts), device=context.device), index].float().mean(0)
-        if self.i_star is None:
-            self.i_star = encodings.detach()
-        elif training:
-            self.i_star = ema_update(self.i_star, encodings)
-        self.edit.set_input(straight_through(self.i_star, encodings))
+        if training:  # an evaluation (the stopping rule's) reads i* but never moves or starts it
+            self.i_star = encodings.detach() if self.i_star is None else ema_update(self.i_star, encodings)
+        running = encodings.detach() if self.i_star is None else self.i_star
+        self.edit.set_input(straight_through(running, encodings))
         return cond
 
     def concept(self, embedding: dict[str, torch.Tensor], metadata: dict[str, str]) -> PerfusionConcept:
@@ -272,12 +271,14 @@ def text_covariance(
     return covariance
 
 
-def _metadata(plan: WordPlan, backend: ModelBackend, config: InvertConfig, steps: int) -> dict[str, str]:
+def _metadata(
+    plan: WordPlan, backend: ModelBackend, config: InvertConfig, result: TrainResult
+) -> dict[str, str]:
     return {
         "captinv_version": __version__,
         "caption": plan.text,
         "sentence": plan.sentence(),
-        "steps": str(steps),
+        **stop_metadata(result, config),
         "learning_rate": str(config.learning_rate),
         "seed": str(config.seed),
         "base_model": backend.model_name,
@@ -319,12 +320,13 @@ def train_concept(
     result = trainer.run(callbacks)
     if result.interrupted:
         raise Interrupted(f"Stopped at step {result.steps} of {config.steps}; nothing was written.")
-    metadata = _metadata(plan, backend, config, result.steps) | {"covariance": covariance.corpus_id}
+    metadata = _metadata(plan, backend, config, result) | {"covariance": covariance.corpus_id}
     concept = trainer.concept(result.embeddings[name], metadata)
     concept.save(path, overwrite=config.overwrite)
     return PerfusionResult.of_training(
         result,
         start,
+        config.steps,
         name=name,
         superclass=superclass,
         path=path,

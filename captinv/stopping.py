@@ -1,0 +1,84 @@
+"""When a run has learned what it will learn: the rule that ends training before `steps`.
+
+The per-step training loss cannot tell: every step draws new noise and timesteps, and that
+alone moves it by more than the whole effect of the text. The rule therefore watches the loss of
+the current vectors on one fixed set of draws (the same latents, noise, timesteps and prompt at
+every evaluation, no gradients), so two evaluations differ only by the vectors.
+
+It is scale-free: improvements are measured against what text does for this image on these
+draws, the loss of the prompt's frame with no words in it (e.g. "a photo of a") minus the best
+loss so far. That span is small for a model whose loss the text hardly moves and large where it
+matters, and it is the same normalisation as the convergence benchmark's (1 = no text, 0 = the
+caption). A run stops when its best evaluation has not improved by at least `min_improvement` of
+that span for `patience` steps; `steps` is the maximum. Why the defaults are safe, and what they
+cost, is in docs/auto-stop.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+StopReason = Literal["converged", "max_steps", "interrupted"]
+
+
+@dataclass(frozen=True)
+class PlateauRule:
+    """Parameters of the rule; `docs/auto-stop.md` has the measurements behind each default."""
+
+    every: int = 5  # steps between evaluations
+    draws: int = 8  # fixed (latent, noise, timestep) draws per evaluation
+    patience: int = 20  # steps without a real improvement before stopping
+    min_improvement: float = 0.05  # what counts as real: this share of the text's effect
+    min_steps: int = 20  # never stop before this step
+
+    def applies(self, max_steps: int) -> bool:
+        """Whether the rule could stop a run of `max_steps` early; if not, evaluating is waste."""
+        return self.first_possible_stop() < max_steps
+
+    def first_possible_stop(self) -> int:
+        earliest = max(self.min_steps, self.patience + self.every)
+        return -(-earliest // self.every) * self.every
+
+    def due(self, step: int) -> bool:
+        return step % self.every == 0
+
+
+@dataclass
+class Plateau:
+    """One run's state under a `PlateauRule`: the best evaluation so far and when it was reached.
+
+    `evaluate` returns the loss of the current vectors on the fixed draws; `no_text` is the loss
+    of the prompt's frame alone on the same draws, `start` that of the initial vectors.
+    """
+
+    rule: PlateauRule
+    evaluate: Callable[[], float]
+    no_text: float
+    start: float
+    best: float = float("nan")
+    best_step: int = 0
+
+    def __post_init__(self) -> None:
+        self.best = self.start
+
+    def span(self) -> float:
+        """What the text does on these draws: the frame alone minus the best loss so far (≥ 0)."""
+        return max(self.no_text - self.best, 0.0)
+
+    def check(self, step: int) -> bool:
+        """Evaluate the current vectors at `step`; True when the run should stop here."""
+        return self.observe(step, self.evaluate())
+
+    def observe(self, step: int, loss: float) -> bool:
+        """Record the evaluation at `step`; True when the run should stop here."""
+        if loss < self.best - self.rule.min_improvement * self.span():
+            self.best, self.best_step = loss, step
+        return step >= self.rule.min_steps and step - self.best_step >= self.rule.patience
+
+    def explain(self, step: int) -> str:
+        return (
+            f"the loss on {self.rule.draws} fixed draws last improved by {self.rule.min_improvement:.0%} of "
+            f"the text's effect at step {self.best_step}, {step - self.best_step} steps before"
+        )
