@@ -51,11 +51,13 @@ class Settings:
     sample_steps: int = 20
     guidance: float = 8.0
 
-    def config(self, text: str, seed: int) -> InvertConfig:
+    def config(self, text: str, seed: int, *, auto_stop: bool = False) -> InvertConfig:
+        """The inversion's options; curves run all `steps` unless `auto_stop` is asked for."""
         return InvertConfig(
             init="text",
             text=text,
             steps=self.steps,
+            auto_stop=auto_stop,
             learning_rate=self.learning_rate,
             batch_size=self.batch_size,
             templates=self.templates,
