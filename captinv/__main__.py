@@ -11,10 +11,16 @@ import dataclasses
 import logging
 import sys
 import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from captinv.config import InvertConfig, PerfusionOptions
 from captinv.errors import CaptinvError
+
+if TYPE_CHECKING:
+    from captinv.trainer import Callbacks
 
 log = logging.getLogger("captinv")
 
@@ -121,18 +127,20 @@ def _caption(args: argparse.Namespace) -> None:
     print(init_source(_config(args), first_image=args.image).describe(load_images([args.image])))
 
 
-def _progress_bar(total: int):
+@contextmanager
+def _progress(total: int) -> Iterator[Callbacks]:
+    """A progress bar for a run of at most `total` steps, closed however (and whenever) it ends."""
     from tqdm import tqdm
 
-    bar = tqdm(total=total, unit="step", dynamic_ncols=True)
+    from captinv.trainer import Callbacks
 
-    def update(progress) -> None:
-        bar.update(progress.step - bar.n)
-        bar.set_postfix(loss=f"{progress.loss:.4f}")
-        if progress.step == total:
-            bar.close()
+    with tqdm(total=total, unit="step", dynamic_ncols=True) as bar:
 
-    return update
+        def update(progress) -> None:
+            bar.update(progress.step - bar.n)
+            bar.set_postfix(loss=f"{progress.loss:.4f}")
+
+        yield Callbacks(progress=update)
 
 
 def _invert(args: argparse.Namespace) -> None:
@@ -140,22 +148,23 @@ def _invert(args: argparse.Namespace) -> None:
     from captinv.captioning import init_source
     from captinv.images import load_images
     from captinv.inversion import default_base, invert
-    from captinv.trainer import Callbacks
 
     config = _config(args)
     images = load_images(args.images)
     backend = DiffusersBackend.load(args.model, device=args.device)
     text = init_source(config, str(backend.device), args.images[0]).describe(images)
     print(f"init text: {text}", file=sys.stderr)
-    result = invert(
-        backend,
-        images,
-        text,
-        config,
-        args.out,
-        base=default_base(config, args.images[0]),
-        callbacks=Callbacks(progress=_progress_bar(config.steps)),
-    )
+    with _progress(config.steps) as callbacks:
+        result = invert(
+            backend,
+            images,
+            text,
+            config,
+            args.out,
+            base=default_base(config, args.images[0]),
+            callbacks=callbacks,
+        )
+    print(result.stop_summary(), file=sys.stderr)
     for path in result.files:
         print(path)
     print(f"prompt with: {result.combined_name}   or word by word: {result.sentence}", file=sys.stderr)
@@ -177,7 +186,6 @@ def _perfusion(args: argparse.Namespace) -> None:
     from captinv.perfusion.concept import PerfusionConcept
     from captinv.perfusion.covariance import CovarianceCache
     from captinv.perfusion.training import text_covariance, train_concept
-    from captinv.trainer import Callbacks
 
     config, options = _config(args), _config(args, PerfusionOptions)
     images = load_images(args.images)
@@ -185,17 +193,19 @@ def _perfusion(args: argparse.Namespace) -> None:
     text = init_source(config, str(backend.device), args.images[0]).describe(images)
     print(f"init text: {text}", file=sys.stderr)
     covariance = text_covariance(backend, options, CovarianceCache(args.covariance_cache))
-    result = train_concept(
-        backend,
-        images,
-        text,
-        config,
-        options,
-        args.out,
-        name=default_base(config, args.images[0]),
-        covariance=covariance,
-        callbacks=Callbacks(progress=_progress_bar(config.steps)),
-    )
+    with _progress(config.steps) as callbacks:
+        result = train_concept(
+            backend,
+            images,
+            text,
+            config,
+            options,
+            args.out,
+            name=default_base(config, args.images[0]),
+            covariance=covariance,
+            callbacks=callbacks,
+        )
+    print(result.stop_summary(), file=sys.stderr)
     print(result.path)
     print(
         f"{result.name} ({result.superclass}): {result.size}; prompt with: {result.sentence}", file=sys.stderr

@@ -80,8 +80,8 @@ class InvertConfig(_Options):
     )
     auto_stop: bool = _opt(
         True,
-        "Stop before --steps once the loss on a few fixed noise draws has stopped improving "
-        "(docs/auto-stop.md). Off: train exactly --steps.",
+        "Stop before --steps once the loss on fixed noise draws has stopped improving (see "
+        "docs/auto-stop.md); --no-auto-stop trains exactly --steps.",
     )
     learning_rate: float = _opt(0.005, "AdamW learning rate of the new vectors.", minimum=0.0)
     lr_schedule: Schedule = _opt(

@@ -16,6 +16,7 @@ cost, is in docs/auto-stop.md.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -27,10 +28,10 @@ StopReason = Literal["converged", "max_steps", "interrupted"]
 class PlateauRule:
     """Parameters of the rule; `docs/auto-stop.md` has the measurements behind each default."""
 
-    every: int = 5  # steps between evaluations
-    draws: int = 8  # fixed (latent, noise, timestep) draws per evaluation
+    every: int = 10  # steps between evaluations
+    draws: int = 16  # fixed (latent, noise, timestep) draws per evaluation
     patience: int = 20  # steps without a real improvement before stopping
-    min_improvement: float = 0.05  # what counts as real: this share of the text's effect
+    min_improvement: float = 0.1  # what counts as real: this share of the text's effect
     min_steps: int = 20  # never stop before this step
 
     def applies(self, max_steps: int) -> bool:
@@ -38,6 +39,7 @@ class PlateauRule:
         return self.first_possible_stop() < max_steps
 
     def first_possible_stop(self) -> int:
+        """The first evaluation counts as an improvement, so patience runs from step `every`."""
         earliest = max(self.min_steps, self.patience + self.every)
         return -(-earliest // self.every) * self.every
 
@@ -49,27 +51,31 @@ class PlateauRule:
 class Plateau:
     """One run's state under a `PlateauRule`: the best evaluation so far and when it was reached.
 
-    `evaluate` returns the loss of the current vectors on the fixed draws; `no_text` is the loss
-    of the prompt's frame alone on the same draws, `start` that of the initial vectors.
+    `evaluate` returns the loss of the current vectors on the fixed draws; `reference` the loss
+    of the prompt's frame alone on the same draws, asked once, at the first check (the model is
+    frozen, so it does not change; by then any state a kind of run sets up in its first training
+    step, such as Perfusion's edit input, exists).
     """
 
     rule: PlateauRule
     evaluate: Callable[[], float]
-    no_text: float
-    start: float
-    best: float = float("nan")
+    reference: Callable[[], float]
+    no_text: float = math.nan
+    best: float = math.inf
     best_step: int = 0
-
-    def __post_init__(self) -> None:
-        self.best = self.start
-
-    def span(self) -> float:
-        """What the text does on these draws: the frame alone minus the best loss so far (≥ 0)."""
-        return max(self.no_text - self.best, 0.0)
+    evaluations: int = 0
 
     def check(self, step: int) -> bool:
         """Evaluate the current vectors at `step`; True when the run should stop here."""
+        if math.isnan(self.no_text):
+            self.no_text = self.reference()
+            self.evaluations += 1
+        self.evaluations += 1
         return self.observe(step, self.evaluate())
+
+    def span(self) -> float:
+        """What the text does on these draws: the frame alone minus the best loss so far (≥ 0)."""
+        return max(self.no_text - self.best, 0.0) if math.isfinite(self.best) else 0.0
 
     def observe(self, step: int, loss: float) -> bool:
         """Record the evaluation at `step`; True when the run should stop here."""

@@ -243,9 +243,35 @@ class Trainer:
             loss = loss + self.config.init_l2 * init_pull(self.params, self.initial)
         return loss
 
-    @torch.no_grad()
     def evaluate(self, draws: Draws) -> float:
-        return self._loss(draws.x0, draws.noise, draws.timesteps, draws.prompts, training=False).item()
+        """The loss of the current vectors on `draws`, without gradients or touching training state."""
+        return self._mean_loss(draws, lambda *draw: self._loss(*draw, training=False))
+
+    def _frame_loss(self, draws: Draws) -> float:
+        """The loss of the prompt's frame with no words in it ("a photo of a"): "no text" on `draws`."""
+        frame = self.templates[0].format("").strip()
+
+        def loss(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+            with self._autocast():
+                cond = self.backend.conditioning([frame] * len(prompts), {})
+                return diffusion_loss(self.backend, x0, noise, t, cond)
+
+        return self._mean_loss(draws, loss)
+
+    @torch.no_grad()
+    def _mean_loss(
+        self,
+        draws: Draws,
+        loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, list[str]], torch.Tensor],
+    ) -> float:
+        """`loss` over `draws` in chunks of twice the batch size: without gradients that needs less
+        memory than a training step, which keeps every layer's activations for the backward pass."""
+        size, total = 2 * self.config.batch_size, 0.0
+        for start in range(0, len(draws.prompts), size):
+            part = slice(start, start + size)
+            chunk = draws.prompts[part]
+            total += loss(draws.x0[part], draws.noise[part], draws.timesteps[part], chunk).item() * len(chunk)
+        return total / len(draws.prompts)
 
     def step(self) -> float | None:
         """One optimisation step; None when it was rolled back by the NaN guard."""
@@ -290,26 +316,13 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * self._lr_factor(self.scheduler.last_epoch)
 
-    @torch.no_grad()
-    def _frame_loss(self, draws: Draws) -> float:
-        """The loss of the prompt's frame with no words in it ("a photo of a"): "no text" on `draws`."""
-        frame = self.templates[0].format("").strip()
-        with self._autocast():
-            cond = self.backend.conditioning([frame] * len(draws.prompts), {})
-            return diffusion_loss(self.backend, draws.x0, draws.noise, draws.timesteps, cond).item()
-
     def _plateau(self) -> Plateau | None:
-        """The stopping rule's state on its fixed draws, or None when auto-stop is off or cannot act.
-
-        The start is evaluated before the frame alone: a subclass's conditioning may set up state
-        on its first call (Perfusion's edit input) that the frame's forward pass then reads.
-        """
+        """The stopping rule's state on its fixed draws, or None when auto-stop is off or cannot act."""
         rule = self.stopping_rule
         if not (self.config.auto_stop and rule.applies(self.config.steps)):
             return None
         draws = self.fixed_draws(rule.draws, self.config.seed + _STOP_DRAWS_SEED_OFFSET)
-        start = self.evaluate(draws)
-        return Plateau(rule, lambda: self.evaluate(draws), no_text=self._frame_loss(draws), start=start)
+        return Plateau(rule, lambda: self.evaluate(draws), lambda: self._frame_loss(draws))
 
     def run(self, callbacks: Callbacks | None = None) -> TrainResult:
         """Train until `steps`, the stopping rule or `should_stop`, whichever comes first."""
@@ -319,8 +332,6 @@ class Trainer:
         with self.session():
             start = time.perf_counter()
             plateau = self._plateau()
-            if plateau:
-                result.evaluation_seconds, result.evaluations = time.perf_counter() - start, 2
             for step in range(1, total + 1):
                 if callbacks.should_stop and callbacks.should_stop():
                     result.stop_reason = "interrupted"
@@ -358,7 +369,7 @@ class Trainer:
         started = time.perf_counter()
         converged = plateau.check(step)
         result.evaluation_seconds += time.perf_counter() - started
-        result.evaluations += 1
+        result.evaluations = plateau.evaluations
         if converged:
             result.stop_reason, result.stop_detail = "converged", plateau.explain(step)
         return converged

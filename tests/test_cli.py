@@ -56,6 +56,9 @@ def test_invert_then_inspect(saved_model, chelsea, tmp_path):
     assert shown.returncode == 0
     assert "chelsea-cat-all: 3 vector(s)" in shown.stdout and "emb_params: [3, 32]" in shown.stdout
     assert "caption = a tabby cat" in shown.stdout
+    # three steps are fewer than auto-stop needs to judge a plateau: the run says it trained them all
+    assert "trained all 3 steps" in done.stderr
+    assert "max_steps = 3" in shown.stdout and "stop_reason = max_steps" in shown.stdout
 
 
 def test_errors_are_one_line_and_exit_2(saved_model, tmp_path):

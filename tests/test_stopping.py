@@ -24,23 +24,29 @@ RULE = PlateauRule(every=5, patience=20, min_improvement=0.05, min_steps=20)
 NEVER_IMPROVES = PlateauRule(every=2, patience=4, min_improvement=1e9, min_steps=4)
 
 
-def _stops_at(losses: dict[int, float], rule: PlateauRule = RULE, start: float = 1.0) -> int | None:
-    plateau = Plateau(rule, lambda: 0.0, no_text=1.0, start=start)
-    return next((step for step, loss in sorted(losses.items()) if plateau.observe(step, loss)), None)
+def _stops_at(losses: dict[int, float], rule: PlateauRule = RULE) -> int | None:
+    """Where a run with these fixed-draw losses at its evaluation steps stops ('no text' is 1.0)."""
+    values = iter(losses[step] for step in sorted(losses))
+    references = []
+    plateau = Plateau(rule, lambda: next(values), lambda: references.append(1.0) or 1.0)
+    stop = next((step for step in sorted(losses) if plateau.check(step)), None)
+    assert references == [1.0], "the frame's loss is asked for once"
+    assert plateau.evaluations == 1 + sum(1 for step in losses if stop is None or step <= stop)
+    return stop
 
 
 def test_a_flat_loss_stops_after_the_patience():
-    assert _stops_at({step: 0.5 for step in range(5, 200, 5)}, start=0.5) == 20
+    assert _stops_at({step: 0.5 for step in range(5, 200, 5)}) == 25
 
 
 def test_wobbles_smaller_than_the_threshold_are_not_progress():
     # span = no text - best = 0.5, so 'real' is 0.025: a 0.01 wobble is noise
     wobble = {step: 0.5 + (0.01 if step % 10 else -0.01) for step in range(5, 200, 5)}
-    assert _stops_at(wobble, start=0.5) == 20
+    assert _stops_at(wobble) == 25
 
 
 def test_a_steady_fall_never_stops_even_in_steps_below_the_threshold():
-    # each evaluation is 0.02 lower, under 5 % of the span, but two of them add up to more
+    # each evaluation is 0.02 lower, under 5 % of the span later on, but two of them add up to more
     falling = {step: 1.0 - 0.004 * step for step in range(5, 200, 5)}
     assert _stops_at(falling) is None
 
@@ -51,7 +57,7 @@ def test_a_late_drop_resets_the_patience():
 
 
 def test_the_earliest_stop_respects_min_steps_and_patience():
-    assert RULE.first_possible_stop() == 25  # patience 20 counts from the first evaluation, step 5
+    assert RULE.first_possible_stop() == 25  # patience counts from the first evaluation, step 5
     assert dataclasses.replace(RULE, min_steps=40).first_possible_stop() == 40
     assert RULE.applies(26) and not RULE.applies(25)
 
@@ -65,7 +71,7 @@ def test_a_stopped_run_is_exactly_the_start_of_a_fixed_run(sd1, chelsea, tmp_pat
 
     assert auto.stop_reason == "converged" and auto.steps == NEVER_IMPROVES.first_possible_stop()
     assert "fixed draws" in auto.stop_detail
-    assert auto.evaluations == 2 + auto.steps // NEVER_IMPROVES.every
+    assert auto.evaluations == 1 + auto.steps // NEVER_IMPROVES.every  # the frame alone, then each check
     assert 0 < auto.evaluation_seconds < auto.seconds
     assert fixed.stop_reason == "max_steps" and fixed.evaluations == 0 and fixed.evaluation_seconds == 0
     assert auto.losses == fixed.losses
@@ -82,33 +88,34 @@ def test_no_evaluation_when_the_rule_could_not_stop_the_run_early(sd1, chelsea, 
 
 
 def test_perfusion_evaluations_leave_i_star_and_the_values_alone(sd1, chelsea, monkeypatch):
-    """The stopping rule evaluates before the first step too: i* must start from the first
-    training batch (as in a run without auto-stop), not from the evaluation's prompt."""
+    """An evaluation, even one before the first step, must not start or move i*: the run is bit
+    for bit the run of a trainer that was never evaluated."""
     monkeypatch.setattr(Trainer, "stopping_rule", NEVER_IMPROVES)
     covariance = text_covariance(sd1, OPTIONS, None).factor()
     latents = build_latent_cache(
         sd1, [chelsea], sd1.default_resolution, flip=True, random_crops=0, generator=torch.Generator()
     )
     config = text_config(text=TEXT, steps=20, auto_stop=True)
-    runs = {}
-    for auto_stop in (True, False):
-        steps = config.steps if auto_stop else runs[True][1].steps
-        trainer = PerfusionTrainer(
-            sd1,
-            plan_concept(sd1, TEXT, "kitty", "cat"),
-            latents,
-            dataclasses.replace(config, steps=steps, auto_stop=auto_stop),
-            OPTIONS,
-            covariance,
-        )
-        runs[auto_stop] = trainer, trainer.run()
-    (auto, auto_result), (fixed, fixed_result) = runs[True], runs[False]
-    assert auto_result.stop_reason == "converged" and auto_result.steps == fixed_result.steps
+
+    def trainer(**overrides) -> PerfusionTrainer:
+        plan = plan_concept(sd1, TEXT, "kitty", "cat")
+        options = dataclasses.replace(config, **overrides)
+        return PerfusionTrainer(sd1, plan, latents, options, OPTIONS, covariance)
+
+    auto = trainer()
+    with auto.session():
+        auto.evaluate(auto.fixed_draws(4, seed=3))
+    auto_result = auto.run()
+    fixed = trainer(steps=auto_result.steps, auto_stop=False)
+    fixed_result = fixed.run()
+
+    assert (
+        auto_result.stop_reason == "converged" and auto_result.steps == NEVER_IMPROVES.first_possible_stop()
+    )
     assert torch.equal(auto.i_star, fixed.i_star)
     assert all(torch.equal(a, b) for a, b in zip(auto.edit.v_targets, fixed.edit.v_targets))
-    assert torch.equal(
-        auto_result.embeddings["kitty"]["emb_params"], fixed_result.embeddings["kitty"]["emb_params"]
-    )
+    for key, value in fixed_result.embeddings["kitty"].items():
+        assert torch.equal(auto_result.embeddings["kitty"][key], value)
 
 
 @pytest.mark.parametrize("auto_stop", [True, False])

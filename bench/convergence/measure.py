@@ -115,13 +115,19 @@ def reference(
         latents, settings.eval_draws, backend.schedule.num_timesteps, torch.Generator().manual_seed(seed)
     )
     frame = "{}" if settings.templates == "none" else "a photo of a {}"
+    draws = Draws(x0, noise, t, [])
 
     def loss(text: str) -> float:
-        cond = backend.conditioning([frame.format(text).strip()] * len(t), {})
-        return diffusion_loss(backend, x0, noise, t, cond).item()
+        return draw_loss(backend, draws, frame.format(text).strip(), {})
 
-    draws = Draws(x0, noise, t, [])
     return Reference(draws, empty=loss(""), caption=loss(concept.caption))
+
+
+@torch.no_grad()
+def draw_loss(backend: ModelBackend, draws: Draws, prompt: str, embeddings: dict[str, Vectors]) -> float:
+    """The loss of `prompt`, with `embeddings` spliced in, on fixed draws (their own prompts unused)."""
+    cond = backend.conditioning([prompt] * len(draws.timesteps), embeddings)
+    return diffusion_loss(backend, draws.x0, draws.noise, draws.timesteps, cond).item()
 
 
 def randomise(plan: WordPlan, backend: ModelBackend, seed: int) -> None:
@@ -183,17 +189,21 @@ def invert_curve(
 
 
 def detector_score(
-    backend: ModelBackend, concept: Concept, settings: Settings, detect: Callable[[object], dict[str, str]]
+    backend: ModelBackend,
+    concept: Concept,
+    settings: Settings,
+    detect: Callable[[object], dict[str, str]],
+    first_seed: int = 0,
 ) -> Scorer:
     """Fraction of the concept's colour, shape and size that `detect` reads back from generated
-    images. Position is left out: the mini world's model does not place shapes where the caption
-    says (its own check finds the asked-for position about as often as chance), so it would only
-    add the same noise to every mode."""
+    images (seeds `first_seed`, `first_seed + 1`, ...). Position is left out: the mini world's
+    model does not place shapes where the caption says (its own check finds the asked-for
+    position about as often as chance), so it would only add the same noise to every mode."""
     truth = {key: value for key, value in (concept.truth or {}).items() if key in SCORED}
 
     def score(prompt: str, embeddings: dict[str, Vectors]) -> float:
         hits = 0
-        for image_seed in range(settings.images):
+        for image_seed in range(first_seed, first_seed + settings.images):
             image = backend.generate(
                 prompt,
                 embeddings,

@@ -40,14 +40,15 @@ def map_concepts(
     *args: Any,
     jobs: int = 1,
     device: str | None = None,
+    threads: int | None = None,
 ) -> list[R]:
     """`measure(item, *args)` for every item, in `jobs` processes; the lists it returns, joined.
 
     `measure` must be a module-level function (it is pickled) and reads the model through
-    `worker_backend()`.
+    `worker_backend()`. Workers run one thread each; with one job, `threads` (default: torch's).
     """
     if jobs <= 1:
-        _load(model, device, None)
+        _load(model, device, threads)
         return [result for item in items for result in measure(item, *args)]
     with ProcessPoolExecutor(jobs, initializer=_load, initargs=(model, device, 1)) as pool:
         parts = pool.map(measure, items, *[[arg] * len(items) for arg in args])
