@@ -39,6 +39,7 @@ from PIL import Image
 
 from bench.convergence.concepts import Concept, miniworld_concepts
 from bench.convergence.measure import (
+    BASE_NAME,
     Reference,
     Scorer,
     Settings,
@@ -125,7 +126,7 @@ def _invert(
     started, cpu = time.perf_counter(), time.process_time()
     config = settings.config(concept.inits[mode], seed, auto_stop=auto_stop)
     with tempfile.TemporaryDirectory() as tmp:
-        plan = prepare(backend, config.text or "", "ttq", config, Path(tmp))
+        plan = prepare(backend, config.text or "", BASE_NAME, config, Path(tmp))
     trainer = Trainer(backend, plan, latents_of(backend, concept, settings), config)
     timed = _Timed(
         TrainResult({}), time.perf_counter() - started, trainer.templates[0].format(plan.sentence())
@@ -139,6 +140,44 @@ def _invert(
     timed.cpu_seconds = time.process_time() - cpu
     timed.snapshots[timed.result.steps] = timed.result.embeddings
     return timed
+
+
+@dataclass
+class AutoRun:
+    """An auto-stopped run alone, rated as bench.convergence rates its runs (`Run.scores`)."""
+
+    concept: str
+    mode: str
+    seed: int
+    steps: int
+    stop_reason: str
+    score: float
+
+
+def measure_auto_stop(
+    concept: Concept, seeds: list[int], modes: list[str], settings: Settings
+) -> list[AutoRun]:
+    """Auto-stopped runs of one concept. Auto-stop takes the very steps of a fixed run, so these
+    compare with bench.convergence's runs of the same settings, concept, mode and seed."""
+    from bench.miniworld.world import detect
+
+    backend = worker_backend()
+    score = detector_score(backend, concept, settings, detect)
+    runs = []
+    for seed in seeds:
+        for mode in modes:
+            auto = _invert(backend, concept, mode, seed, settings, auto_stop=True)
+            runs.append(
+                AutoRun(
+                    concept.name,
+                    mode,
+                    seed,
+                    auto.result.steps,
+                    auto.result.stop_reason,
+                    score(auto.prompt, auto.result.embeddings),
+                )
+            )
+    return runs
 
 
 def _identical(first: dict[str, Vectors], second: dict[str, Vectors]) -> bool:

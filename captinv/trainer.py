@@ -264,9 +264,11 @@ class Trainer:
         draws: Draws,
         loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, list[str]], torch.Tensor],
     ) -> float:
-        """`loss` over `draws` in chunks of twice the batch size: without gradients that needs less
-        memory than a training step, which keeps every layer's activations for the backward pass."""
-        size, total = 2 * self.config.batch_size, 0.0
+        """`loss` over `draws` in chunks of four times the batch size (the stopping rule's 16 draws in
+        one call at the default batch of 4). A forward pass without gradients holds one layer's
+        activations at a time, a training step every layer's for its backward pass, so a chunk
+        costs less memory than a step; chunking keeps evaluations with many draws within it."""
+        size, total = 4 * self.config.batch_size, 0.0
         for start in range(0, len(draws.prompts), size):
             part = slice(start, start + size)
             chunk = draws.prompts[part]

@@ -30,6 +30,7 @@ from captinv.trainer import Callbacks, Draws, Trainer
 _TABLE_SAMPLE = 4096  # token rows whose statistics random vectors are drawn from
 SCORED = ("colour", "shape", "size")
 _VOCAB = 49406  # every Stable Diffusion family uses CLIP's BPE: 49408 rows, the last two BOS/EOS
+BASE_NAME = "cv"  # of the pseudo-words; names take no part in the numbers, only in the prompt's text
 
 
 Scorer = Callable[[str, dict[str, Vectors]], float]
@@ -160,7 +161,7 @@ def invert_curve(
     text = concept.inits[mode]
     config = settings.config(text, seed)
     with tempfile.TemporaryDirectory() as tmp:
-        plan = prepare(backend, text, "cv", config, Path(tmp))
+        plan = prepare(backend, text, BASE_NAME, config, Path(tmp))
     if mode == "random":
         randomise(plan, backend, seed)
     trainer = Trainer(backend, plan, latents, config)
