@@ -10,15 +10,17 @@ draws, the loss of the prompt's frame with no words in it (e.g. "a photo of a") 
 loss so far. That span is small for a model whose loss the text hardly moves and large where it
 matters, and it is the same normalisation as the convergence benchmark's (1 = no text, 0 = the
 caption). A run stops when its best evaluation has not improved by at least `min_improvement` of
-that span for `patience` steps; `steps` is the maximum. Why the defaults are safe, and what they
-cost, is in docs/auto-stop.md.
+that span for `patience` steps; `steps` is the maximum. The defaults were measured for the default
+budget of 100 steps; a longer budget (classic textual inversion's thousands of steps) stretches the
+interval between evaluations and the patience with it, so the rule only gets more cautious. Why the
+defaults are safe, and what they cost, is in docs/auto-stop.md.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 StopReason = Literal["converged", "max_steps", "interrupted"]
@@ -33,6 +35,13 @@ class PlateauRule:
     patience: int = 20  # steps without a real improvement before stopping
     min_improvement: float = 0.1  # what counts as real: this share of the text's effect
     min_steps: int = 20  # never stop before this step
+
+    def for_budget(self, max_steps: int) -> PlateauRule:
+        """The rule for a run of at most `max_steps`: evaluations at least every 1 % of the budget
+        (at most about a hundred of them) and a patience of at least 20 % of it."""
+        return replace(
+            self, every=max(self.every, max_steps // 100), patience=max(self.patience, max_steps // 5)
+        )
 
     def applies(self, max_steps: int) -> bool:
         """Whether the rule could stop a run of `max_steps` early; if not, evaluating is waste."""

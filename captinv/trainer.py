@@ -320,7 +320,7 @@ class Trainer:
 
     def _plateau(self) -> Plateau | None:
         """The stopping rule's state on its fixed draws, or None when auto-stop is off or cannot act."""
-        rule = self.stopping_rule
+        rule = self.stopping_rule.for_budget(self.config.steps)
         if not (self.config.auto_stop and rule.applies(self.config.steps)):
             return None
         draws = self.fixed_draws(rule.draws, self.config.seed + _STOP_DRAWS_SEED_OFFSET)

@@ -62,6 +62,15 @@ def test_the_earliest_stop_respects_min_steps_and_patience():
     assert RULE.applies(26) and not RULE.applies(25)
 
 
+def test_a_longer_budget_only_makes_the_rule_more_patient():
+    default = PlateauRule()
+    assert default.for_budget(100) == default  # the measured rule is the default budget's
+    assert default.for_budget(50) == default
+    long = default.for_budget(5000)
+    assert (long.every, long.patience, long.min_improvement) == (50, 1000, default.min_improvement)
+    assert long.first_possible_stop() == 1050
+
+
 def test_a_stopped_run_is_exactly_the_start_of_a_fixed_run(sd1, chelsea, tmp_path, monkeypatch):
     """Evaluating the fixed draws takes nothing from the training stream: an auto-stopped run's
     vectors are bit for bit those of a run told to train that many steps."""
