@@ -171,9 +171,14 @@ def _invert(args: argparse.Namespace) -> None:
     if args.sample:
         from captinv.embedding_io import read_embedding
 
-        embeddings = {path.stem: read_embedding(path).vectors for path in result.files}
+        # the combined embedding is all the prompt names; rendered at the size it was trained at, as the tab does
+        combined = next(path for path in result.files if path.stem == result.combined_name)
+        embeddings = {result.combined_name: read_embedding(combined).vectors}
         preview = args.out / f"{result.combined_name}.preview.png"
-        backend.generate(f"a photo of {result.combined_name}", embeddings, seed=config.seed).save(preview)
+        image = backend.generate(
+            f"a photo of {result.combined_name}", embeddings, seed=config.seed, resolution=config.resolution
+        )
+        image.save(preview)
         print(preview)
 
 
@@ -215,7 +220,10 @@ def _perfusion(args: argparse.Namespace) -> None:
         preview = args.out / f"{result.name}.preview.png"
         with editing.applied(backend.denoiser(), concept):
             image = backend.generate(
-                f"a photo of {result.sentence}", {concept.name: concept.embedding}, seed=config.seed
+                f"a photo of {result.sentence}",
+                {concept.name: concept.embedding},
+                seed=config.seed,
+                resolution=config.resolution,
             )
         image.save(preview)
         print(preview)

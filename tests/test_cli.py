@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from PIL import Image
 
 from tests import factories
 
@@ -38,12 +39,16 @@ def test_invert_then_inspect(saved_model, chelsea, tmp_path):
         "a tabby cat",
         "--steps",
         "3",
+        "--resolution",
+        "128",
         "--out",
         "emb",
         "--sample",
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
+    # the preview is rendered at the size the run trained at, not the tiny model's own 32 px
+    assert Image.open(tmp_path / "emb" / "chelsea-cat-all.preview.png").size == (128, 128)
     written = sorted(p.name for p in (tmp_path / "emb").iterdir())
     assert written == [
         "chelsea-cat-all.preview.png",
