@@ -11,6 +11,7 @@ from safetensors import safe_open
 from captinv.config import PerfusionOptions
 from captinv.inversion import invert
 from captinv.latents import build_latent_cache
+from captinv.perfusion.rank1 import EMA_DECAY
 from captinv.perfusion.training import PerfusionTrainer, plan_concept, text_covariance
 from captinv.stopping import Plateau, PlateauRule
 from captinv.trainer import Trainer
@@ -99,7 +100,7 @@ def test_no_evaluation_when_the_rule_could_not_stop_the_run_early(sd1, chelsea, 
 def test_perfusion_evaluations_leave_i_star_and_the_values_alone(sd1, chelsea, monkeypatch):
     """An evaluation, even one before the first step, must not start or move i*: the run is bit
     for bit the run of a trainer that was never evaluated."""
-    monkeypatch.setattr(Trainer, "stopping_rule", NEVER_IMPROVES)
+    monkeypatch.setattr(PerfusionTrainer, "stopping_rule", NEVER_IMPROVES)
     covariance = text_covariance(sd1, OPTIONS, None).factor()
     latents = build_latent_cache(
         sd1, [chelsea], sd1.default_resolution, flip=True, random_crops=0, generator=torch.Generator()
@@ -125,6 +126,15 @@ def test_perfusion_evaluations_leave_i_star_and_the_values_alone(sd1, chelsea, m
     assert all(torch.equal(a, b) for a, b in zip(auto.edit.v_targets, fixed.edit.v_targets))
     for key, value in fixed_result.embeddings["kitty"].items():
         assert torch.equal(auto_result.embeddings["kitty"][key], value)
+
+
+def test_perfusion_never_stops_while_i_star_still_mostly_remembers_its_start():
+    """i* is a moving average that starts at the superclass's encoding; a concept saved while it is
+    still mostly there would gate on every mention of the superclass."""
+    earliest = PerfusionTrainer.stopping_rule.first_possible_stop()
+    assert EMA_DECAY**earliest <= 0.1 < EMA_DECAY ** (earliest - 2 * PlateauRule().every)
+    assert not PerfusionTrainer.stopping_rule.applies(100)  # a default-length run trains all its steps
+    assert PerfusionTrainer.stopping_rule.for_budget(400).applies(400)
 
 
 @pytest.mark.parametrize("auto_stop", [True, False])

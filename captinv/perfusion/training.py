@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -46,7 +47,7 @@ from captinv.perfusion.covariance import (
 )
 from captinv.perfusion.errors import PerfusionError
 from captinv.perfusion.layers import cross_attention_layers
-from captinv.perfusion.rank1 import ema_update, straight_through
+from captinv.perfusion.rank1 import EMA_DECAY, ema_update, straight_through
 from captinv.perfusion.trainable import TrainableConcept
 from captinv.templates import templates_that_fit
 from captinv.trainer import Callbacks, RunReport, Trainer, TrainResult, stop_metadata
@@ -159,8 +160,16 @@ def concept_position(backend: ModelBackend, prompt: str, name: str, rows: dict[s
     return int(changed[0])
 
 
+# Auto-stop must not end a run while i* (a slow moving average) still mostly remembers where it
+# started, the superclass's encoding: the saved gate would then fire on every "cat". It may stop once
+# the start weighs under a tenth: 230 steps at the paper's decay of 0.99.
+_I_STAR_SETTLED = math.ceil(math.log(0.1) / math.log(EMA_DECAY))
+
+
 class PerfusionTrainer(Trainer):
     """The inversion trainer plus the K/V edits: V targets learn, i* follows the concept's encodings."""
+
+    stopping_rule = dataclasses.replace(Trainer.stopping_rule, min_steps=_I_STAR_SETTLED)
 
     def __init__(
         self,
