@@ -21,12 +21,16 @@ import sys
 import traceback
 import typing
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from captinv.config import GenerateOptions, InvertConfig, PerfusionOptions
 from captinv.errors import CaptinvError, ConfigError, FileFormatError, OutputError, cli_flag
+
+if typing.TYPE_CHECKING:
+    from captinv.trainer import Callbacks
 
 log = logging.getLogger("captinv")
 
@@ -251,12 +255,15 @@ def _show_init_text(config: InvertConfig, text: str) -> None:
         print(f"init text: {text}", file=sys.stderr)
 
 
-def _progress_bar(total: int, backend, config: InvertConfig, text: str):
-    """A bar that appears with the first step, so a run refused before training shows none; above
-    it, what was loaded and whether the photos are flipped."""
+@contextmanager
+def _progress(total: int, backend, config: InvertConfig, text: str) -> Iterator[Callbacks]:
+    """A bar that appears with the first step, so a run refused before training shows none, and is
+    closed however (and whenever: auto-stop) the run ends; above it, what was loaded and whether
+    the photos are flipped."""
     from tqdm import tqdm
 
     from captinv.latents import choose_flip
+    from captinv.trainer import Callbacks
 
     bars: list[tqdm] = []
 
@@ -268,10 +275,12 @@ def _progress_bar(total: int, backend, config: InvertConfig, text: str):
         bar = bars[0]
         bar.update(progress.step - bar.n)
         bar.set_postfix(loss=f"{progress.loss:.4f}")
-        if progress.step == total:
-            bar.close()
 
-    return update
+    try:
+        yield Callbacks(progress=update)
+    finally:
+        for bar in bars:
+            bar.close()
 
 
 def _caption(args: argparse.Namespace, written: _Written) -> None:
@@ -299,7 +308,6 @@ def _invert(args: argparse.Namespace, written: _Written) -> None:
     from captinv.backends.diffusers_backend import device_for, locate_model
     from captinv.images import load_images
     from captinv.inversion import check_inputs, default_base, invert
-    from captinv.trainer import Callbacks
 
     config = _options(args)
     images = load_images(args.images)
@@ -310,15 +318,9 @@ def _invert(args: argparse.Namespace, written: _Written) -> None:
     check_inputs(text, base, config, args.out)
     _show_init_text(config, text)
     backend = _load_backend(args, device, config.mixed_precision)
-    result = invert(
-        backend,
-        images,
-        text,
-        config,
-        args.out,
-        base=base,
-        callbacks=Callbacks(progress=_progress_bar(config.steps, backend, config, text)),
-    )
+    with _progress(config.steps, backend, config, text) as callbacks:
+        result = invert(backend, images, text, config, args.out, base=base, callbacks=callbacks)
+    print(result.stop_summary(), file=sys.stderr)
     written.paths += result.files
     for path in result.files:
         print(path)
@@ -326,13 +328,15 @@ def _invert(args: argparse.Namespace, written: _Written) -> None:
     if args.sample:
         from captinv.embedding_io import read_embedding
 
-        embeddings = {path.stem: read_embedding(path).vectors for path in result.files}
+        # the combined embedding is all the prompt names; rendered at the size it was trained at, as the tab does
+        combined = next(path for path in result.files if path.stem == result.combined_name)
+        embeddings = {result.combined_name: read_embedding(combined).vectors}
         prompt = f"a photo of {result.combined_name}"
         _preview(
             args,
             written,
             result.combined_name,
-            lambda: backend.generate(prompt, embeddings, seed=config.seed),
+            lambda: backend.generate(prompt, embeddings, seed=config.seed, resolution=config.resolution),
         )
 
 
@@ -345,7 +349,6 @@ def _perfusion(args: argparse.Namespace, written: _Written) -> None:
     from captinv.perfusion.concept import PerfusionConcept
     from captinv.perfusion.covariance import CovarianceCache
     from captinv.perfusion.training import check_concept_inputs, text_covariance, train_concept
-    from captinv.trainer import Callbacks
 
     config, options = _options(args), _options(args, PerfusionOptions)
     images = load_images(args.images)
@@ -357,17 +360,19 @@ def _perfusion(args: argparse.Namespace, written: _Written) -> None:
     check_concept_inputs(text, name, config, options, args.out)
     _show_init_text(config, text)
     backend = _load_backend(args, device, config.mixed_precision)
-    result = train_concept(
-        backend,
-        images,
-        text,
-        config,
-        options,
-        args.out,
-        name=name,
-        covariance=lambda: text_covariance(backend, options, CovarianceCache(args.covariance_cache)),
-        callbacks=Callbacks(progress=_progress_bar(config.steps, backend, config, text)),
-    )
+    with _progress(config.steps, backend, config, text) as callbacks:
+        result = train_concept(
+            backend,
+            images,
+            text,
+            config,
+            options,
+            args.out,
+            name=name,
+            covariance=lambda: text_covariance(backend, options, CovarianceCache(args.covariance_cache)),
+            callbacks=callbacks,
+        )
+    print(result.stop_summary(), file=sys.stderr)
     written.paths.append(result.path)
     print(result.path)
     print(
@@ -379,7 +384,9 @@ def _perfusion(args: argparse.Namespace, written: _Written) -> None:
         def render():
             with editing.applied(backend.denoiser(), concept):
                 prompt = f"a photo of {result.sentence}"
-                return backend.generate(prompt, {concept.name: concept.embedding}, seed=config.seed)
+                return backend.generate(
+                    prompt, {concept.name: concept.embedding}, seed=config.seed, resolution=config.resolution
+                )
 
         _preview(args, written, result.name, render)
 

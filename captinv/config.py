@@ -152,7 +152,15 @@ class InvertConfig(_Options):
         None, "Base name of the new embeddings (default: the first image's file name).", none="the file name"
     )
     steps: int = _opt(
-        100, "Optimisation steps. ~100 with caption init; classic TI needs thousands.", minimum=1
+        100,
+        "Optimisation steps; with auto-stop the most it may take. ~100 with caption init; classic TI "
+        "needs thousands.",
+        minimum=1,
+    )
+    auto_stop: bool = _opt(
+        True,
+        "Stop before --steps once the loss on fixed noise draws has stopped improving (see "
+        "docs/auto-stop.md); --no-auto-stop trains exactly --steps.",
     )
     learning_rate: float = _opt(0.005, "AdamW learning rate of the new vectors.", above=0)
     lr_schedule: Schedule = _opt(

@@ -18,12 +18,12 @@ import torch
 from PIL import Image
 
 from captinv import __version__, names, runs
-from captinv.backends.base import ModelBackend, Vectors
+from captinv.backends.base import ModelBackend
 from captinv.config import InvertConfig
 from captinv.embedding_io import EmbeddingFile
 from captinv.init_vectors import WordPlan, plan_words, planned_names
 from captinv.latents import choose_flip
-from captinv.trainer import Callbacks, RunReport, Trainer, TrainResult
+from captinv.trainer import Callbacks, RunReport, Trainer, TrainResult, stop_metadata
 
 
 @dataclass(kw_only=True)
@@ -66,7 +66,7 @@ def prepare(backend: ModelBackend, text: str, base: str, config: InvertConfig, o
 
 
 def _metadata(
-    plan: WordPlan, backend: ModelBackend, config: InvertConfig, steps: int, name: str
+    plan: WordPlan, backend: ModelBackend, config: InvertConfig, result: TrainResult, name: str
 ) -> dict[str, str]:
     return {
         "format": "captinv",
@@ -76,7 +76,7 @@ def _metadata(
         "words": json.dumps([word.text for word in plan.words]),
         "sentence": plan.sentence(),
         "init": config.init,
-        "steps": str(steps),
+        **stop_metadata(result, config),
         "learning_rate": str(config.learning_rate),
         "seed": str(config.seed),
         "base_model": backend.model_name,
@@ -85,20 +85,24 @@ def _metadata(
 
 
 def output_files(
-    plan: WordPlan, trained: dict[str, Vectors], backend: ModelBackend, config: InvertConfig, steps: int
+    plan: WordPlan,
+    result: TrainResult,
+    backend: ModelBackend,
+    config: InvertConfig,
 ) -> list[EmbeddingFile]:
     """The combined embedding (every word in order, fixed words at their token rows) and one per trained word."""
+    trained = result.embeddings
     pieces = [trained[w.name] if w.trainable else w.init for w in plan.words]
     combined = {enc.key: torch.cat([piece[enc.key] for piece in pieces]) for enc in backend.encoders}
     files = [
         EmbeddingFile(
             Path(f"{plan.combined_name}.safetensors"),
             combined,
-            _metadata(plan, backend, config, steps, plan.combined_name),
+            _metadata(plan, backend, config, result, plan.combined_name),
         )
     ]
     for word in plan.trainable:
-        metadata = _metadata(plan, backend, config, steps, word.name) | {"word": word.text}
+        metadata = _metadata(plan, backend, config, result, word.name) | {"word": word.text}
         files.append(EmbeddingFile(Path(f"{word.name}.safetensors"), trained[word.name], metadata))
     return files
 
@@ -122,7 +126,7 @@ class _Inversion(runs.Recipe):
     def files(
         self, backend: ModelBackend, plan: WordPlan, trainer: Trainer, result: TrainResult
     ) -> dict[str, bytes]:
-        made = output_files(plan, result.embeddings, backend, self.config, result.steps)
+        made = output_files(plan, result, backend, self.config)
         return {item.path.name: item.to_bytes() for item in made}
 
 
@@ -146,6 +150,7 @@ def invert(
     return InvertResult.of_training(
         done.result,
         done.started,
+        config.steps,
         base=plan.base,
         combined_name=plan.combined_name,
         word_names=[w.name for w in plan.trainable],

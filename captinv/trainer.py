@@ -24,6 +24,7 @@ from captinv.errors import ConfigError, TrainingDivergedError
 from captinv.init_vectors import WordPlan
 from captinv.latents import FlipChoice, sample_draws
 from captinv.loss import diffusion_loss, init_pull
+from captinv.stopping import Plateau, PlateauRule, StopReason
 from captinv.templates import templates_that_fit
 
 MAX_CONSECUTIVE_ROLLBACKS = 5
@@ -49,6 +50,11 @@ def autocast_dtype(backend: ModelBackend, config: InvertConfig) -> torch.dtype |
     return backend.dtype if torch.amp.is_autocast_available(backend.device.type) else None
 
 
+# The stopping rule's fixed draws come from their own generator; an offset keeps them from
+# repeating the first training draws, which come from `config.seed`.
+_STOP_DRAWS_SEED_OFFSET = 7919
+
+
 @dataclass
 class Progress:
     step: int
@@ -72,8 +78,16 @@ class TrainResult:
     embeddings: dict[str, Vectors]  # trained word name -> vectors (CPU, float32)
     losses: list[float] = field(default_factory=list)
     steps: int = 0
-    interrupted: bool = False
     rollbacks: int = 0
+    stop_reason: StopReason = "max_steps"
+    stop_detail: str = ""  # why, in words, when the stopping rule ended the run
+    seconds: float = 0.0  # the loop: steps and the stopping rule's evaluations
+    evaluation_seconds: float = 0.0  # the stopping rule's share of `seconds`
+    evaluations: int = 0
+
+    @property
+    def interrupted(self) -> bool:
+        return self.stop_reason == "interrupted"
 
 
 ReportT = TypeVar("ReportT", bound="RunReport")
@@ -88,21 +102,37 @@ class RunReport:
     text: str  # the init text
     sentence: str  # the init text with the trained words replaced by their names
     losses: list[float] = field(default_factory=list)
-    steps: int = 0
+    steps: int = 0  # steps trained
+    max_steps: int = 0  # the configured `steps`
+    stop_reason: StopReason = "max_steps"
+    stop_detail: str = ""
     seconds: float = 0.0
+    evaluation_seconds: float = 0.0  # part of `seconds` spent by the stopping rule
     rollbacks: int = 0
     flip: FlipChoice | None = None  # whether the mirrored image was trained on, and why
 
     @classmethod
-    def of_training(cls: type[ReportT], result: TrainResult, started: float, **fields: Any) -> ReportT:
+    def of_training(
+        cls: type[ReportT], result: TrainResult, started: float, max_steps: int, **fields: Any
+    ) -> ReportT:
         """The report of `result`, timed from `started` (a `time.perf_counter()` reading)."""
         return cls(
             losses=result.losses,
             steps=result.steps,
+            max_steps=max_steps,
+            stop_reason=result.stop_reason,
+            stop_detail=result.stop_detail,
             seconds=time.perf_counter() - started,
+            evaluation_seconds=result.evaluation_seconds,
             rollbacks=result.rollbacks,
             **fields,
         )
+
+    def stop_summary(self) -> str:
+        """One line for the user: how many steps ran and why no more."""
+        if self.stop_reason == "converged":
+            return f"stopped at step {self.steps} of at most {self.max_steps}: {self.stop_detail}"
+        return f"trained all {self.steps} steps"
 
     def _run_fields(self) -> dict[str, Any]:
         return {
@@ -110,9 +140,23 @@ class RunReport:
             "sentence": self.sentence,
             "losses": self.losses,
             "steps": self.steps,
+            "max_steps": self.max_steps,
+            "stop_reason": self.stop_reason,
+            "stop_detail": self.stop_detail,
             "seconds": round(self.seconds, 2),
+            "evaluation_seconds": round(self.evaluation_seconds, 2),
             "rollbacks": self.rollbacks,
         } | ({"flip": self.flip.enabled, "flip_reason": self.flip.reason} if self.flip else {})
+
+
+def stop_metadata(result: TrainResult, config: InvertConfig) -> dict[str, str]:
+    """What a written file records about the length of its run: steps trained, the limit, and why."""
+    return {
+        "steps": str(result.steps),
+        "max_steps": str(config.steps),
+        "auto_stop": str(config.auto_stop).lower(),
+        "stop_reason": result.stop_reason,
+    }
 
 
 @dataclass(frozen=True)
@@ -126,6 +170,8 @@ class Draws:
 
 
 class Trainer:
+    stopping_rule = PlateauRule()  # auto-stop's parameters; an override point for a kind of run
+
     def __init__(
         self, backend: ModelBackend, plan: WordPlan, latents: torch.Tensor, config: InvertConfig
     ) -> None:
@@ -218,9 +264,37 @@ class Trainer:
             loss = loss + self.config.init_l2 * init_pull(self.params, self.initial)
         return loss
 
-    @torch.no_grad()
     def evaluate(self, draws: Draws) -> float:
-        return self._loss(draws.x0, draws.noise, draws.timesteps, draws.prompts, training=False).item()
+        """The loss of the current vectors on `draws`, without gradients or touching training state."""
+        return self._mean_loss(draws, lambda *draw: self._loss(*draw, training=False))
+
+    def _frame_loss(self, draws: Draws) -> float:
+        """The loss of the prompt's frame with no words in it ("a photo of a"): "no text" on `draws`."""
+        frame = self.templates[0].format("").strip()
+
+        def loss(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+            with self._autocast():
+                cond = self.backend.conditioning([frame] * len(prompts), {})
+                return diffusion_loss(self.backend, x0, noise, t, cond)
+
+        return self._mean_loss(draws, loss)
+
+    @torch.no_grad()
+    def _mean_loss(
+        self,
+        draws: Draws,
+        loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, list[str]], torch.Tensor],
+    ) -> float:
+        """`loss` over `draws` in chunks of four times the batch size (the stopping rule's 16 draws in
+        one call at the default batch of 4). A forward pass without gradients holds one layer's
+        activations at a time, a training step every layer's for its backward pass, so a chunk
+        costs less memory than a step; chunking keeps evaluations with many draws within it."""
+        size, total = 4 * self.config.batch_size, 0.0
+        for start in range(0, len(draws.prompts), size):
+            part = slice(start, start + size)
+            chunk = draws.prompts[part]
+            total += loss(draws.x0[part], draws.noise[part], draws.timesteps[part], chunk).item() * len(chunk)
+        return total / len(draws.prompts)
 
     def step(self) -> float | None:
         """One optimisation step; None when it was rolled back by the NaN guard."""
@@ -271,15 +345,25 @@ class Trainer:
             )
         return f"{advice}."
 
+    def _plateau(self) -> Plateau | None:
+        """The stopping rule's state on its fixed draws, or None when auto-stop is off or cannot act."""
+        rule = self.stopping_rule.for_budget(self.config.steps)
+        if not (self.config.auto_stop and rule.applies(self.config.steps)):
+            return None
+        draws = self.fixed_draws(rule.draws, self.config.seed + _STOP_DRAWS_SEED_OFFSET)
+        return Plateau(rule, lambda: self.evaluate(draws), lambda: self._frame_loss(draws))
+
     def run(self, callbacks: Callbacks | None = None) -> TrainResult:
+        """Train until `steps`, the stopping rule or `should_stop`, whichever comes first."""
         callbacks = callbacks or Callbacks()
         result = TrainResult(embeddings={})
         total = self.config.steps
         with self.session():
             start = time.perf_counter()
+            plateau = self._plateau()
             for step in range(1, total + 1):
                 if callbacks.should_stop and callbacks.should_stop():
-                    result.interrupted = True
+                    result.stop_reason = "interrupted"
                     break
                 loss = self.step()
                 result.steps = step
@@ -299,6 +383,22 @@ class Trainer:
                     )
                 if callbacks.preview and callbacks.preview_every and step % callbacks.preview_every == 0:
                     callbacks.preview(step, self.snapshot())
+                if plateau and step < total and self._converged(plateau, step, result):
+                    break
+            result.seconds = time.perf_counter() - start
         result.embeddings = self.snapshot()
         result.rollbacks = self.rollbacks
         return result
+
+    @staticmethod
+    def _converged(plateau: Plateau, step: int, result: TrainResult) -> bool:
+        """Ask the stopping rule at `step`, counting what its evaluations cost."""
+        if not plateau.rule.due(step):
+            return False
+        started = time.perf_counter()
+        converged = plateau.check(step)
+        result.evaluation_seconds += time.perf_counter() - started
+        result.evaluations = plateau.evaluations
+        if converged:
+            result.stop_reason, result.stop_detail = "converged", plateau.explain(step)
+        return converged

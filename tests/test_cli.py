@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from captinv import __main__ as cli
 from captinv.backends.diffusers_backend import DiffusersBackend
@@ -46,12 +47,16 @@ def test_invert_then_inspect(saved_model, chelsea, tmp_path):
         "a tabby cat",
         "--steps",
         "3",
+        "--resolution",
+        "128",
         "--out",
         "emb",
         "--sample",
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
+    # the preview is rendered at the size the run trained at, not the tiny model's own 32 px
+    assert Image.open(tmp_path / "emb" / "chelsea-cat-all.preview.png").size == (128, 128)
     written = sorted(p.name for p in (tmp_path / "emb").iterdir())
     assert written == [
         "chelsea-cat-all.preview.png",
@@ -64,6 +69,9 @@ def test_invert_then_inspect(saved_model, chelsea, tmp_path):
     assert shown.returncode == 0
     assert "chelsea-cat-all: 3 vector(s)" in shown.stdout and "emb_params: [3, 32]" in shown.stdout
     assert "caption = a tabby cat" in shown.stdout
+    # three steps are fewer than auto-stop needs to judge a plateau: the run says it trained them all
+    assert "trained all 3 steps" in done.stderr
+    assert "max_steps = 3" in shown.stdout and "stop_reason = max_steps" in shown.stdout
 
 
 def test_perfusion_then_generate_with_and_without_the_concept(saved_model, chelsea, tmp_path):

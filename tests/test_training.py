@@ -11,7 +11,7 @@ def test_training_lowers_held_out_loss_and_only_the_vectors_change(request, back
     backend = request.getfixturevalue(backend_name)
     before = weights(backend)
     flags = [p.requires_grad for m in backend.frozen_modules() for p in m.parameters()]
-    trainer = make_trainer(backend, chelsea, tmp_path, steps=40, batch_size=4)
+    trainer = make_trainer(backend, chelsea, tmp_path, steps=40, batch_size=4, auto_stop=False)
     draws = trainer.fixed_draws(16, seed=1234)
     loss_before = trainer.evaluate(draws)
     initial = {k: v.clone() for k, v in trainer.params.items()}

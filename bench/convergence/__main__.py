@@ -16,34 +16,23 @@ import argparse
 import json
 import logging
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import torch
-
 from bench.convergence.concepts import MODES, Concept, miniworld_concepts, user_concepts
 from bench.convergence.measure import Run, Settings, detector_score, invert_curve, latents_of, reference
+from bench.convergence.pool import map_concepts, worker_backend
 from bench.convergence.report import plot, summarise
 from captinv.latents import choose_flip
 
 log = logging.getLogger("bench.convergence")
 
 THRESHOLD = -0.1  # normalised loss: a tenth of the no-text-to-caption gap better than the plain caption
-_WORKER: dict = {}
-
-
-def _load(model: str, device: str | None, threads: int | None) -> None:
-    from captinv.backends.diffusers_backend import DiffusersBackend
-
-    if threads:
-        torch.set_num_threads(threads)
-    _WORKER["backend"] = DiffusersBackend.load(model, device=device)
 
 
 def measure_concept(concept: Concept, seeds: list[int], modes: list[str], settings: Settings) -> list[Run]:
     """Every mode and seed of one concept, in the worker's loaded model."""
-    backend = _WORKER["backend"]
+    backend = worker_backend()
     latents = {flip: latents_of(backend, concept, flip) for flip in (False, True)}
     score = None
     if concept.truth is not None:
@@ -76,12 +65,7 @@ def run_all(
     device: str | None = None,
 ) -> list[Run]:
     """Concepts are spread over `jobs` processes (one thread each), each with its own model copy."""
-    if jobs <= 1:
-        _load(model, device, None)
-        return [run for concept in concepts for run in measure_concept(concept, seeds, modes, settings)]
-    with ProcessPoolExecutor(jobs, initializer=_load, initargs=(model, device, 1)) as pool:
-        parts = pool.map(measure_concept, concepts, *zip(*[(seeds, modes, settings)] * len(concepts)))
-        return [run for part in parts for run in part]
+    return map_concepts(model, measure_concept, concepts, seeds, modes, settings, jobs=jobs, device=device)
 
 
 def _parser() -> argparse.ArgumentParser:

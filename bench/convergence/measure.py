@@ -30,6 +30,7 @@ from captinv.trainer import Callbacks, Draws, Trainer
 _TABLE_SAMPLE = 4096  # token rows whose statistics random vectors are drawn from
 SCORED = ("colour", "shape", "size")
 _VOCAB = 49406  # every Stable Diffusion family uses CLIP's BPE: 49408 rows, the last two BOS/EOS
+BASE_NAME = "cv"  # of the pseudo-words; names take no part in the numbers, only in the prompt's text
 
 
 Scorer = Callable[[str, dict[str, Vectors]], float]
@@ -51,11 +52,13 @@ class Settings:
     sample_steps: int = 20
     guidance: float = 8.0
 
-    def config(self, text: str, seed: int) -> InvertConfig:
+    def config(self, text: str, seed: int, *, auto_stop: bool = False) -> InvertConfig:
+        """The inversion's options; curves run all `steps` unless `auto_stop` is asked for."""
         return InvertConfig(
             init="text",
             text=text,
             steps=self.steps,
+            auto_stop=auto_stop,
             learning_rate=self.learning_rate,
             batch_size=self.batch_size,
             templates=self.templates,
@@ -115,13 +118,19 @@ def reference(
         latents, settings.eval_draws, backend.schedule.num_timesteps, torch.Generator().manual_seed(seed)
     )
     frame = "{}" if settings.templates == "none" else "a photo of a {}"
+    draws = Draws(x0, noise, t, [])
 
     def loss(text: str) -> float:
-        cond = backend.conditioning([frame.format(text).strip()] * len(t), {})
-        return diffusion_loss(backend, x0, noise, t, cond).item()
+        return draw_loss(backend, draws, frame.format(text).strip(), {})
 
-    draws = Draws(x0, noise, t, [])
     return Reference(draws, empty=loss(""), caption=loss(concept.caption))
+
+
+@torch.no_grad()
+def draw_loss(backend: ModelBackend, draws: Draws, prompt: str, embeddings: dict[str, Vectors]) -> float:
+    """The loss of `prompt`, with `embeddings` spliced in, on fixed draws (their own prompts unused)."""
+    cond = backend.conditioning([prompt] * len(draws.timesteps), embeddings)
+    return diffusion_loss(backend, draws.x0, draws.noise, draws.timesteps, cond).item()
 
 
 def randomise(plan: WordPlan, backend: ModelBackend, seed: int) -> None:
@@ -154,7 +163,7 @@ def invert_curve(
     text = concept.inits[mode]
     config = settings.config(text, seed)
     with tempfile.TemporaryDirectory() as tmp:
-        plan = prepare(backend, text, "cv", config, Path(tmp))
+        plan = prepare(backend, text, BASE_NAME, config, Path(tmp))
     if mode == "random":
         randomise(plan, backend, seed)
     trainer = Trainer(backend, plan, latents, config)
@@ -183,17 +192,21 @@ def invert_curve(
 
 
 def detector_score(
-    backend: ModelBackend, concept: Concept, settings: Settings, detect: Callable[[object], dict[str, str]]
+    backend: ModelBackend,
+    concept: Concept,
+    settings: Settings,
+    detect: Callable[[object], dict[str, str]],
+    first_seed: int = 0,
 ) -> Scorer:
     """Fraction of the concept's colour, shape and size that `detect` reads back from generated
-    images. Position is left out: the mini world's model does not place shapes where the caption
-    says (its own check finds the asked-for position about as often as chance), so it would only
-    add the same noise to every mode."""
+    images (seeds `first_seed`, `first_seed + 1`, ...). Position is left out: the mini world's
+    model does not place shapes where the caption says (its own check finds the asked-for
+    position about as often as chance), so it would only add the same noise to every mode."""
     truth = {key: value for key, value in (concept.truth or {}).items() if key in SCORED}
 
     def score(prompt: str, embeddings: dict[str, Vectors]) -> float:
         hits = 0
-        for image_seed in range(settings.images):
+        for image_seed in range(first_seed, first_seed + settings.images):
             image = backend.generate(
                 prompt,
                 embeddings,

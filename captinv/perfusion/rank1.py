@@ -30,6 +30,7 @@ import torch
 from captinv.perfusion.errors import PerfusionError
 
 MAX_PROJECTION_CONDITION = 1e6
+EMA_DECAY = 0.99  # of i*, as in the paper
 """Beyond this the exact multi-concept projection amplifies noise more than it removes overlap."""
 
 
@@ -85,7 +86,7 @@ def gated_targets(
     return gate(s, beta, tau) @ targets
 
 
-def ema_update(average: torch.Tensor, value: torch.Tensor, decay: float = 0.99) -> torch.Tensor:
+def ema_update(average: torch.Tensor, value: torch.Tensor, decay: float = EMA_DECAY) -> torch.Tensor:
     """The paper's running target input: i* ← decay·i* + (1 − decay)·ē, without gradient."""
     return decay * average.detach() + (1.0 - decay) * value.detach()
 

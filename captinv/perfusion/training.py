@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,10 +44,10 @@ from captinv.perfusion.covariance import (
 )
 from captinv.perfusion.errors import PerfusionError
 from captinv.perfusion.layers import cross_attention_layers
-from captinv.perfusion.rank1 import ema_update, straight_through
+from captinv.perfusion.rank1 import EMA_DECAY, ema_update, straight_through
 from captinv.perfusion.trainable import TrainableConcept
 from captinv.templates import templates_that_fit
-from captinv.trainer import Callbacks, RunReport, Trainer, TrainResult
+from captinv.trainer import Callbacks, RunReport, Trainer, TrainResult, stop_metadata
 
 _FINGERPRINT_PROMPT = "a photo of a cat on a red chair"
 _PHRASE_ENDS = frozenset(
@@ -156,8 +157,16 @@ def concept_position(backend: ModelBackend, prompt: str, name: str, rows: dict[s
     return int(changed[0])
 
 
+# Auto-stop must not end a run while i* (a slow moving average) still mostly remembers where it
+# started, the superclass's encoding: the saved gate would then fire on every "cat". It may stop once
+# the start weighs under a tenth: 230 steps at the paper's decay of 0.99.
+_I_STAR_SETTLED = math.ceil(math.log(0.1) / math.log(EMA_DECAY))
+
+
 class PerfusionTrainer(Trainer):
     """The inversion trainer plus the K/V edits: V targets learn, i* follows the concept's encodings."""
+
+    stopping_rule = dataclasses.replace(Trainer.stopping_rule, min_steps=_I_STAR_SETTLED)
 
     def __init__(
         self,
@@ -220,11 +229,10 @@ class PerfusionTrainer(Trainer):
         context = self.backend.context(cond)
         index = torch.tensor([self.positions[p] for p in prompts], device=context.device)
         encodings = context[torch.arange(len(prompts), device=context.device), index].float().mean(0)
-        if self.i_star is None:
-            self.i_star = encodings.detach()
-        elif training:
-            self.i_star = ema_update(self.i_star, encodings)
-        self.edit.set_input(straight_through(self.i_star, encodings))
+        if training:  # an evaluation (the stopping rule's) reads i* but never moves or starts it
+            self.i_star = encodings.detach() if self.i_star is None else ema_update(self.i_star, encodings)
+        running = encodings.detach() if self.i_star is None else self.i_star
+        self.edit.set_input(straight_through(running, encodings))
         return cond
 
     def concept(self, embedding: dict[str, torch.Tensor], metadata: dict[str, str]) -> PerfusionConcept:
@@ -269,12 +277,14 @@ def text_covariance(
     return covariance
 
 
-def _metadata(plan: WordPlan, backend: ModelBackend, config: InvertConfig, steps: int) -> dict[str, str]:
+def _metadata(
+    plan: WordPlan, backend: ModelBackend, config: InvertConfig, result: TrainResult
+) -> dict[str, str]:
     return {
         "captinv_version": __version__,
         "caption": plan.text,
         "sentence": plan.sentence(),
-        "steps": str(steps),
+        **stop_metadata(result, config),
         "learning_rate": str(config.learning_rate),
         "seed": str(config.seed),
         "base_model": backend.model_name,
@@ -331,7 +341,7 @@ class _Concept(runs.Recipe):
     ) -> dict[str, bytes]:
         if not isinstance(trainer, PerfusionTrainer) or callable(self.covariance):
             raise TypeError("files() takes the trainer that trainer() made")
-        metadata = _metadata(plan, backend, self.config, result.steps)
+        metadata = _metadata(plan, backend, self.config, result)
         metadata["covariance"] = self.covariance.corpus_id
         self.concept = trainer.concept(result.embeddings[self.name], metadata)
         return {f"{self.name}.safetensors": self.concept.to_bytes()}
@@ -363,6 +373,7 @@ def train_concept(
     return PerfusionResult.of_training(
         done.result,
         done.started,
+        config.steps,
         name=name,
         superclass=recipe.superclass,
         path=done.paths[0],
