@@ -11,17 +11,19 @@ import dataclasses
 import logging
 import sys
 import typing
+from contextlib import contextmanager
 from pathlib import Path
 
-from captinv.config import InvertConfig, PerfusionOptions
+from captinv.config import PERFUSION_DEFAULTS, InvertConfig, PerfusionOptions
 from captinv.errors import CaptinvError
 
 log = logging.getLogger("captinv")
 
 
-def _flag_kwargs(spec: dataclasses.Field, options: type = InvertConfig) -> dict:
+def _flag_kwargs(spec: dataclasses.Field, options: type = InvertConfig, default=dataclasses.MISSING) -> dict:
     hint = typing.get_type_hints(options)[spec.name]
-    kwargs: dict = {"help": f"{spec.metadata['help']} (default: {spec.default})", "default": spec.default}
+    default = spec.default if default is dataclasses.MISSING else default
+    kwargs: dict = {"help": f"{spec.metadata['help']} (default: {default})", "default": default}
     if spec.metadata.get("choices"):
         kwargs["choices"] = spec.metadata["choices"]
     if hint is bool:
@@ -81,7 +83,8 @@ def _parser() -> argparse.ArgumentParser:
             if options is InvertConfig and spec.name in _NOT_FOR_PERFUSION:
                 continue
             flag = f"--{spec.name.replace('_', '-')}"
-            perfusion.add_argument(flag, dest=spec.name, **_flag_kwargs(spec, options))
+            default = PERFUSION_DEFAULTS.get(spec.name, spec.default)
+            perfusion.add_argument(flag, dest=spec.name, **_flag_kwargs(spec, options, default))
 
     generate = commands.add_parser("generate", help="Render a prompt with embeddings and Perfusion concepts.")
     generate.add_argument("prompt")
@@ -94,8 +97,9 @@ def _parser() -> argparse.ArgumentParser:
         "--concept",
         action="append",
         default=[],
-        metavar="FILE[:BETA]",
-        help="A Perfusion concept file, optionally with its gate bias β (lower: stronger).",
+        metavar="FILE[:BETA[:TAU]][:local|global]",
+        help="A Perfusion concept file, optionally with its gate bias β (lower: stronger), temperature τ "
+        "and key locking, as in the WebUI's <perfusion:...> tag.",
     )
     generate.add_argument("--steps", type=int, default=20)
     generate.add_argument("--guidance", type=float, default=7.0)
@@ -184,7 +188,10 @@ def _perfusion(args: argparse.Namespace) -> None:
     backend = DiffusersBackend.load(args.model, device=args.device)
     text = init_source(config, str(backend.device), args.images[0]).describe(images)
     print(f"init text: {text}", file=sys.stderr)
-    covariance = text_covariance(backend, options, CovarianceCache(args.covariance_cache))
+    with _covariance_bar() as progress:
+        covariance = text_covariance(
+            backend, options, CovarianceCache(args.covariance_cache), progress=progress
+        )
     result = train_concept(
         backend,
         images,
@@ -200,6 +207,7 @@ def _perfusion(args: argparse.Namespace) -> None:
     print(
         f"{result.name} ({result.superclass}): {result.size}; prompt with: {result.sentence}", file=sys.stderr
     )
+    print(result.selectivity, file=sys.stderr)
     if args.sample:
         concept = PerfusionConcept.load(result.path)
         preview = args.out / f"{result.name}.preview.png"
@@ -211,13 +219,31 @@ def _perfusion(args: argparse.Namespace) -> None:
         print(preview)
 
 
-def _concept_arg(item: str) -> tuple[Path, float | None]:
-    """`FILE` or `FILE:BETA`."""
-    path, separator, beta = item.rpartition(":")
+@contextmanager
+def _covariance_bar():
+    """A progress bar for the covariance estimate; its total is the estimate's running forecast."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, unit="prompt", desc="text-encoding covariance (once per model)", dynamic_ncols=True)
+
+    def update(progress) -> None:
+        bar.total = progress.expected
+        bar.update(progress.prompts - bar.n)
+
     try:
-        return (Path(path), float(beta)) if separator else (Path(item), None)
-    except ValueError:
-        return Path(item), None
+        yield update
+    finally:
+        bar.close()
+
+
+def _concept_arg(item: str):
+    """`FILE[:BETA[:TAU]][:local|global]` (FILE may itself hold colons): the path and its knobs."""
+    from captinv.perfusion.tags import parse_knobs
+
+    parts = item.split(":")
+    cut = next((k for k in range(1, len(parts)) if Path(":".join(parts[:k])).is_file()), len(parts))
+    path = ":".join(parts[:cut])
+    return Path(path), parse_knobs([path, *parts[cut:]], f"--concept {item}")
 
 
 def _generate(args: argparse.Namespace) -> None:
@@ -227,22 +253,47 @@ def _generate(args: argparse.Namespace) -> None:
     from captinv.embedding_io import read_embedding
     from captinv.perfusion import editing
     from captinv.perfusion.concept import PerfusionConcept
+    from captinv.perfusion.tags import resolve
+    from captinv.perfusion.textpath import text_path_warning
 
-    concepts, betas = [], []
+    concepts, gates = [], []
     for item in args.concept:
-        path, beta = _concept_arg(item)
+        path, knobs = _concept_arg(item)
         concepts.append(PerfusionConcept.load(path))
-        betas.append(concepts[-1].beta if beta is None else beta)
+        gates.append(resolve(knobs, concepts[-1].beta, concepts[-1].tau, concepts[-1].lock))
     embeddings = {path.stem: read_embedding(path).vectors for path in args.embedding}
     embeddings |= {concept.name: concept.embedding for concept in concepts}
     backend = DiffusersBackend.load(args.model, device=args.device)
-    edits = editing.applied(backend.denoiser(), concepts, beta=betas) if concepts else nullcontext()
+    for concept in concepts:
+        warning = text_path_warning(concept.metadata, backend, concept.name)
+        if warning:
+            log.warning(warning)
+    betas, taus = [beta for beta, _, _ in gates], [tau for _, tau, _ in gates]
+    edits = editing.applied(backend.denoiser(), concepts, beta=betas, tau=taus) if concepts else nullcontext()
     with edits:
+        locked = [c for c, (_, _, lock) in zip(concepts, gates) if lock == "global"]
+        source = _lock_keys_globally(backend, args.prompt, embeddings, locked) if locked else None
         image = backend.generate(
             args.prompt, embeddings, steps=args.steps, guidance=args.guidance, seed=args.seed
         )
+    if source is not None and not source.globally_locked_rows:
+        log.warning("Global key locking found no prompt to lock; the keys stayed locally locked.")
     image.save(args.out)
     print(args.out)
+
+
+def _lock_keys_globally(backend, prompt: str, embeddings: dict, concepts: list):
+    """Keys of `prompt` from its twin with the concepts' superclass words (the paper's global lock)."""
+    import torch
+
+    from captinv.perfusion import editing
+
+    names = {concept.name.lower() for concept in concepts}
+    plain = {name: vectors for name, vectors in embeddings.items() if name.lower() not in names}
+    with torch.no_grad():
+        context = backend.context(backend.conditioning([prompt], embeddings))
+        twin = backend.context(backend.conditioning([editing.superclass_prompt(prompt, concepts)], plain))
+    return editing.lock_keys(backend.denoiser(), [(context[0], twin[0])])
 
 
 def _inspect(args: argparse.Namespace) -> None:
