@@ -96,7 +96,7 @@ def test_the_estimate_stops_once_more_prompts_no_longer_move_the_gate_inputs():
     )
     assert covariance.converged and 256 <= covariance.prompts < 20_000
     assert seen[-1].prompts == seen[-1].expected == covariance.prompts and seen[-1].change <= 0.01
-    assert 0 < seen[-2].change and seen[-2].expected < 20_000  # the forecast came down from the limit
+    assert seen[-2].change > 0 and seen[-2].expected < 20_000  # the forecast came down from the limit
     forced = estimate_covariance(
         _gaussian_encoder(16), corpus, batch_size=32, window=128, tolerance=0.0, max_prompts=1024
     )
