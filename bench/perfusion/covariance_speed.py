@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import CLIPTextConfig, CLIPTextModel
 
 from bench.perfusion.reference import old_corpus
+from bench.step_cost import clip_l
 from captinv.backends.diffusers_backend import DiffusersBackend
 from captinv.config import PerfusionOptions
 from captinv.perfusion.corpus import Corpus
@@ -36,21 +36,7 @@ def clip_l_backend(tmp: Path) -> DiffusersBackend:
 
     pipe = factories.sd_pipeline(tmp, width=768)
     torch.manual_seed(0)
-    pipe.text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            max_position_embeddings=77,
-            projection_dim=768,
-            hidden_act="quick_gelu",
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        )  # fmt: skip
-    ).eval()
+    pipe.text_encoder = clip_l().eval()
     return DiffusersBackend(pipe, "clip-l-random")
 
 

@@ -420,6 +420,18 @@ def test_inference_constants_reach_the_device_in_the_compute_dtype(concept):
     } == {torch.float32}
 
 
+def _concept_of(layers, covariance, i_star, index: int, source: str = "sd1-same"):
+    concept = models.random_concept(
+        layers,
+        seed=30 + index,
+        name=f"k{index}",
+        i_star=i_star,
+        c_inv_i_star=torch.linalg.solve(covariance, i_star),
+    )
+    concept.metadata["covariance"] = source
+    return concept
+
+
 def _independent(e, concepts, covariance, weight, targets, betas, taus, *, exact):
     """The paper's multi-concept edit written from C itself (Appendix B's projection onto span{i*_j}
     in the C⁻¹ metric), per token: W(e − Proj e) + Σ_j σ((s_j − β_j)/τ_j) o*_j."""
@@ -439,18 +451,10 @@ def _independent(e, concepts, covariance, weight, targets, betas, taus, *, exact
 def test_three_concepts_with_their_own_beta_and_tau_match_the_paper(unet, layers, covariance, exact):
     draw = torch.Generator().manual_seed(21)
     base = torch.randn(D, generator=draw, dtype=torch.float64)
-    concepts = []
-    for j in range(3):
-        i_star = base + 1.5 * torch.randn(D, generator=draw, dtype=torch.float64)  # correlated
-        concept = models.random_concept(
-            layers,
-            seed=30 + j,
-            name=f"c{j}",
-            i_star=i_star,
-            c_inv_i_star=torch.linalg.solve(covariance, i_star),
-        )
-        concept.metadata["covariance"] = "sd1-same"
-        concepts.append(concept)
+    concepts = [
+        _concept_of(layers, covariance, base + 1.5 * torch.randn(D, generator=draw, dtype=torch.float64), j)
+        for j in range(3)
+    ]  # correlated i*s
     betas, taus = [0.45, 0.6, 0.75], [0.1, 0.15, 0.3]
     e = torch.randn(2, 6, D, generator=draw, dtype=torch.float64)
     for j, c in enumerate(concepts):
@@ -470,18 +474,10 @@ def test_three_concepts_with_their_own_beta_and_tau_match_the_paper(unet, layers
 
 def test_the_exact_projection_refuses_concepts_of_different_covariances(unet, layers, covariance):
     draw = torch.Generator().manual_seed(8)
-    pair = []
-    for j, source in enumerate(("sd1-abc-corpus1", "sd1-abc-corpus2")):
-        i_star = torch.randn(D, generator=draw, dtype=torch.float64)
-        concept = models.random_concept(
-            layers,
-            seed=40 + j,
-            name=f"k{j}",
-            i_star=i_star,
-            c_inv_i_star=torch.linalg.solve(covariance, i_star),
-        )
-        concept.metadata["covariance"] = source
-        pair.append(concept)
+    pair = [
+        _concept_of(layers, covariance, torch.randn(D, generator=draw, dtype=torch.float64), j, source)
+        for j, source in enumerate(("sd1-abc-corpus1", "sd1-abc-corpus2"))
+    ]
     with (
         pytest.raises(PerfusionError, match="one covariance.*'k0': sd1-abc-corpus1"),
         applied(unet, pair, projection="exact"),
