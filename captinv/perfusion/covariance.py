@@ -50,9 +50,11 @@ Encode = Callable[[list[str], bool], tuple[torch.Tensor, "torch.Tensor | None"]]
 encoder may stop at the batch's longest prompt; with True it returns every position the UNet sees."""
 
 DEFAULT_SHRINKAGE = 1e-4
-DEFAULT_TOLERANCE = 0.02
+DEFAULT_TOLERANCE = 0.05
 """Change of a probe's gate input s (between the estimate and the one from half as many prompts)
-that 90 % of probe pairs must stay under: s is compared with β at τ = 0.15."""
+that 90 % of probe pairs must stay under; s is compared with β at τ = 0.15. Measured on the mini
+world, how selective a trained concept's gate is does not change from a few hundred prompts on, where
+this change is still about 0.05 (`python -m bench.perfusion convergence`)."""
 DEFAULT_PADDING_EVERY = 4
 FORMAT = "captinv.perfusion.covariance"
 VERSION = 2
