@@ -71,6 +71,27 @@ class Measurement:
 # -- the model ---------------------------------------------------------------------
 
 
+def clip_l():
+    """SD 1.5's text encoder, CLIP ViT-L/14's text tower (the released config), with random weights."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=77,
+            projection_dim=768,
+            hidden_act="quick_gelu",
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+        )
+    )
+
+
 def sd15_pipeline(tmp: Path, tiny: bool = False):
     """SD 1.5's architecture (the released configs, written out) with random weights."""
     if tiny:
@@ -78,7 +99,6 @@ def sd15_pipeline(tmp: Path, tiny: bool = False):
 
         return factories.sd_pipeline(tmp)
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     from captinv.clip_vocab import clip_tokenizer
 
@@ -107,21 +127,7 @@ def sd15_pipeline(tmp: Path, tiny: bool = False):
         sample_size=512,
         scaling_factor=0.18215,
     )
-    text = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            max_position_embeddings=77,
-            projection_dim=768,
-            hidden_act="quick_gelu",
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        )
-    )
+    text = clip_l()
     scheduler = PNDMScheduler(
         beta_start=0.00085,
         beta_end=0.012,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import math
 import re
 import sys
 import traceback
@@ -26,8 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from captinv.config import GenerateOptions, InvertConfig, PerfusionOptions
-from captinv.errors import CaptinvError, ConfigError, FileFormatError, OutputError, cli_flag
+from captinv.config import PERFUSION_DEFAULTS, GenerateOptions, InvertConfig, PerfusionOptions
+from captinv.errors import CaptinvError, ConfigError, OutputError, cli_flag
 
 if typing.TYPE_CHECKING:
     from captinv.trainer import Callbacks
@@ -79,9 +78,9 @@ def _add_option(
     args = typing.get_args(hint)
     base = next((t for t in args if t is not type(None)), hint)
     text = change.pop("help", spec.metadata["help"]).replace("%", "%%")
-    if "default" not in text and spec.default is not None:
+    if "default" not in text and change.get("default", spec.default) is not None:
         text += " (default: %(default)s)"
-    kwargs: dict[str, Any] = {"default": spec.default, "dest": spec.name}
+    kwargs: dict[str, Any] = {"default": change.pop("default", spec.default), "dest": spec.name}
     choices = change.pop("choices", spec.metadata.get("choices"))
     if choices:
         kwargs["choices"] = choices
@@ -100,10 +99,17 @@ def _add_option(
     action.help = text  # set after construction: Python 3.10's BooleanOptionalAction appends the default too
 
 
-def _add_options(parser: argparse.ArgumentParser, options: type, skip: tuple[str, ...] = ()) -> None:
+def _add_options(
+    parser: argparse.ArgumentParser,
+    options: type,
+    skip: tuple[str, ...] = (),
+    defaults: dict[str, Any] | None = None,
+) -> None:
+    """A flag per option field, with `defaults` replacing the fields' own (Perfusion's)."""
     for spec in dataclasses.fields(options):
         if spec.name not in skip:
-            _add_option(parser, spec, options)
+            change = {"default": defaults[spec.name]} if defaults and spec.name in defaults else {}
+            _add_option(parser, spec, options, **change)
 
 
 def _loading_flags(parser: argparse.ArgumentParser) -> None:
@@ -168,7 +174,7 @@ def _parser() -> argparse.ArgumentParser:
         default=Path("perfusion") / "covariance",
         help="Folder of cached text-encoding covariances (default: ./%(default)s).",
     )
-    _add_options(perfusion, InvertConfig, skip=_NOT_FOR_PERFUSION)
+    _add_options(perfusion, InvertConfig, skip=_NOT_FOR_PERFUSION, defaults=PERFUSION_DEFAULTS)
     _add_options(perfusion, PerfusionOptions)
 
     generate = commands.add_parser("generate", help="Render a prompt with embeddings and Perfusion concepts.")
@@ -179,8 +185,9 @@ def _parser() -> argparse.ArgumentParser:
         "--concept",
         action="append",
         default=[],
-        metavar="FILE[:BETA]",
-        help="A Perfusion concept file, optionally with its gate bias β (lower: stronger).",
+        metavar="FILE[:BETA[:TAU]][:local|global]",
+        help="A Perfusion concept file, optionally with its gate bias β (lower: stronger), temperature τ "
+        "and key locking, as in the WebUI's <perfusion:...> tag.",
     )
     _add_options(generate, GenerateOptions)
     generate.add_argument(
@@ -347,8 +354,7 @@ def _perfusion(args: argparse.Namespace, written: _Written) -> None:
     from captinv.inversion import default_base
     from captinv.perfusion import editing
     from captinv.perfusion.concept import PerfusionConcept
-    from captinv.perfusion.covariance import CovarianceCache
-    from captinv.perfusion.training import check_concept_inputs, text_covariance, train_concept
+    from captinv.perfusion.training import check_concept_inputs, train_concept
 
     config, options = _options(args), _options(args, PerfusionOptions)
     images = load_images(args.images)
@@ -369,7 +375,7 @@ def _perfusion(args: argparse.Namespace, written: _Written) -> None:
             options,
             args.out,
             name=name,
-            covariance=lambda: text_covariance(backend, options, CovarianceCache(args.covariance_cache)),
+            covariance=lambda: _estimate_covariance(backend, options, args.covariance_cache),
             callbacks=callbacks,
         )
     print(result.stop_summary(), file=sys.stderr)
@@ -378,6 +384,7 @@ def _perfusion(args: argparse.Namespace, written: _Written) -> None:
     print(
         f"{result.name} ({result.superclass}): {result.size}; prompt with: {result.sentence}", file=sys.stderr
     )
+    print(result.selectivity, file=sys.stderr)
     if args.sample:
         concept = PerfusionConcept.load(result.path)
 
@@ -391,18 +398,40 @@ def _perfusion(args: argparse.Namespace, written: _Written) -> None:
         _preview(args, written, result.name, render)
 
 
-def _concept_arg(item: str) -> tuple[Path, float | None]:
-    """`FILE` or `FILE:BETA` (a file name may itself hold a ':')."""
-    path, separator, beta = item.rpartition(":")
-    if not separator or Path(item).is_file():
-        return Path(item), None
+def _estimate_covariance(backend, options: PerfusionOptions, cache: Path):
+    """The text-encoding covariance (cached per model and corpus), with a progress bar while estimated."""
+    from captinv.perfusion.covariance import CovarianceCache
+    from captinv.perfusion.training import text_covariance
+
+    with _covariance_bar() as progress:
+        return text_covariance(backend, options, CovarianceCache(cache), progress=progress)
+
+
+@contextmanager
+def _covariance_bar() -> Iterator[Callable[[Any], None]]:
+    """A progress bar for the covariance estimate; its total is the estimate's running forecast."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, unit="prompt", desc="text-encoding covariance (once per model)", dynamic_ncols=True)
+
+    def update(progress) -> None:
+        bar.total = progress.expected
+        bar.update(progress.prompts - bar.n)
+
     try:
-        value = float(beta)
-    except ValueError:
-        raise FileFormatError(f"No such Perfusion concept file: {item} (give FILE or FILE:BETA).") from None
-    if not math.isfinite(value):
-        raise ConfigError(f"The β of --concept {item} must be a finite number, e.g. 0.7.")
-    return Path(path), value
+        yield update
+    finally:
+        bar.close()
+
+
+def _concept_arg(item: str):
+    """`FILE[:BETA[:TAU]][:local|global]` (FILE may itself hold colons): the path and its knobs."""
+    from captinv.perfusion.tags import parse_knobs
+
+    parts = item.split(":")
+    cut = next((k for k in range(1, len(parts)) if Path(":".join(parts[:k])).is_file()), len(parts))
+    path = ":".join(parts[:cut])
+    return Path(path), parse_knobs([path, *parts[cut:]], f"--concept {item}")
 
 
 def _check_image_out(path: Path) -> None:
@@ -426,14 +455,16 @@ def _generate(args: argparse.Namespace, written: _Written) -> None:
     from captinv.embedding_io import check_layout, read_embedding
     from captinv.perfusion import editing
     from captinv.perfusion.concept import PerfusionConcept
+    from captinv.perfusion.tags import resolve
+    from captinv.perfusion.textpath import text_path_warning
 
     options = _options(args, GenerateOptions)
     _check_image_out(args.out)
-    concepts, betas = [], []
+    concepts, gates = [], []
     for item in args.concept:
-        path, beta = _concept_arg(item)
+        path, knobs = _concept_arg(item)
         concepts.append(PerfusionConcept.load(path))
-        betas.append(concepts[-1].beta if beta is None else beta)
+        gates.append(resolve(knobs, concepts[-1].beta, concepts[-1].tau, concepts[-1].lock))
     embeddings = {path.stem: read_embedding(path).vectors for path in args.embedding}
     given = [path.stem.lower() for path in args.embedding] + [concept.name.lower() for concept in concepts]
     twice = sorted({name for name in given if given.count(name) > 1})
@@ -446,15 +477,38 @@ def _generate(args: argparse.Namespace, written: _Written) -> None:
     widths = {enc.key: enc.width for enc in backend.encoders}
     for name, vectors in embeddings.items():
         check_layout(vectors, widths, name)
-    edits = editing.applied(backend.denoiser(), concepts, beta=betas) if concepts else nullcontext()
+    for concept in concepts:
+        warning = text_path_warning(concept.metadata, backend, concept.name)
+        if warning:
+            log.warning(warning)
+    betas, taus = [beta for beta, _, _ in gates], [tau for _, tau, _ in gates]
+    edits = editing.applied(backend.denoiser(), concepts, beta=betas, tau=taus) if concepts else nullcontext()
     with edits:
+        locked = [c for c, (_, _, lock) in zip(concepts, gates) if lock == "global"]
+        source = _lock_keys_globally(backend, args.prompt, embeddings, locked) if locked else None
         image = backend.generate(
             args.prompt, embeddings, steps=options.steps, guidance=options.guidance, seed=options.seed
         )
+    if source is not None and not source.globally_locked_rows:
+        log.warning("Global key locking found no prompt to lock; the keys stayed locally locked.")
     buffer = io.BytesIO()
     image.save(buffer, format=_image_format(args.out))
     written.paths.append(files.write_file(args.out, buffer.getvalue(), overwrite=True))
     print(args.out)
+
+
+def _lock_keys_globally(backend, prompt: str, embeddings: dict, concepts: list):
+    """Keys of `prompt` from its twin with the concepts' superclass words (the paper's global lock)."""
+    import torch
+
+    from captinv.perfusion import editing
+
+    names = {concept.name.lower() for concept in concepts}
+    plain = {name: vectors for name, vectors in embeddings.items() if name.lower() not in names}
+    with torch.no_grad():
+        context = backend.context(backend.conditioning([prompt], embeddings))
+        twin = backend.context(backend.conditioning([editing.superclass_prompt(prompt, concepts)], plain))
+    return editing.lock_keys(backend.denoiser(), [(context[0], twin[0])])
 
 
 def _image_format(path: Path) -> str:

@@ -20,6 +20,7 @@ InitMode = Literal["caption", "classify", "text"]
 TemplateSet = Literal["object", "style", "none"]
 Schedule = Literal["constant", "linear", "cosine"]
 FlipMode = Literal["auto", "on", "off"]
+KeyLock = Literal["local", "global"]
 
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-large"
 DEFAULT_CLASSIFIER = "google/vit-base-patch16-224"
@@ -248,14 +249,20 @@ class InvertConfig(_Options):
             names.base_name(self.name)
 
 
+PERFUSION_DEFAULTS: dict[str, Any] = {"steps": 300, "batch_size": 4}
+"""`InvertConfig` defaults a Perfusion run replaces: measured on the mini world (README, "Perfusion
+concepts"), a concept needs more steps than a caption inversion, and its running i* (an average
+that keeps 0.99^k of its start after k steps) still holds 37 % of the superclass after 100."""
+
+
 @dataclass
 class PerfusionOptions(_Options):
     """What a Perfusion run needs beyond `InvertConfig` (steps, batch, seed, templates...).
 
     Defaults follow the Perfusion paper: V targets learn at 0.03 while the
     concept's embedding learns at `InvertConfig.learning_rate`; the gate values
-    stored in the file are the inference defaults (β 0.6-0.75 keeps the lock
-    local, lower strengthens the concept).
+    and the key locking stored in the file are the inference defaults (β
+    0.6-0.75 under local locking, 0.4-0.6 under global; lower is stronger).
     """
 
     superclass: str | None = _opt(
@@ -265,12 +272,33 @@ class PerfusionOptions(_Options):
         none="the head noun",
     )
     value_learning_rate: float = _opt(0.03, "Learning rate of the per-layer V targets.", above=0)
-    beta: float = _opt(0.7, "Default inference gate bias stored with the concept (lower: stronger).")
-    tau: float = _opt(0.15, "Default inference gate temperature stored with the concept.", minimum=0.001)
+    beta: float = _opt(
+        0.7,
+        "Default inference gate bias stored with the concept (lower: stronger; 0.6-0.75 with local "
+        "locking, 0.4-0.6 with global).",
+        minimum=0.0,
+        maximum=1.0,
+    )
+    tau: float = _opt(
+        0.15, "Default inference gate temperature stored with the concept.", minimum=0.01, maximum=0.5
+    )
+    lock: KeyLock = _opt(
+        "local",
+        "Default key locking stored with the concept: local (keys locked where the concept word is) or "
+        "global (every key from the prompt with the superclass in the concept's place: richer scenes, "
+        "use β 0.4-0.6).",
+        choices=("local", "global"),
+    )
+    covariance_captions: str | None = _opt(
+        None,
+        "Your own captions for the text-encoding covariance, mixed one to one with the generated "
+        "corpus: a text file with one caption per line, or a folder of .txt caption files.",
+        none="the generated corpus only",
+    )
     covariance_prompts: int = _opt(
         5000,
-        "Prompts of the generated corpus that estimate the text-encoding covariance (once per text "
-        "encoder, then cached).",
+        "Most prompts encoded to estimate the text-encoding covariance; it stops sooner once more "
+        "prompts no longer change it (once per text encoder and corpus, then cached).",
         minimum=16,
         maximum=100_000,
     )

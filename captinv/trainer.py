@@ -310,7 +310,8 @@ class Trainer:
         self.scaler.scale(loss).backward()
         if self.config.max_grad_norm is not None:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.params.values(), self.config.max_grad_norm)
+            for group in self.optimizer.param_groups:  # each group its own norm: scales differ
+                torch.nn.utils.clip_grad_norm_(group["params"], self.config.max_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -318,9 +319,20 @@ class Trainer:
             self._roll_back()
             return None
         self._consecutive_rollbacks = 0
+        self._keep_good()
+        return value
+
+    @torch.no_grad()
+    def _keep_good(self) -> None:
+        """Remember the state after a good step; a subclass adds what its steps change besides the
+        optimised tensors (a running average), and restores it in `_restore_good`."""
         for good, live in zip(self._last_good, self._trained()):
             good.copy_(live.detach())
-        return value
+
+    @torch.no_grad()
+    def _restore_good(self) -> None:
+        for live, good in zip(self._trained(), self._last_good):
+            live.copy_(good)
 
     @torch.no_grad()
     def _roll_back(self) -> None:
@@ -329,8 +341,7 @@ class Trainer:
         self._consecutive_rollbacks += 1
         if self._consecutive_rollbacks > MAX_CONSECUTIVE_ROLLBACKS:
             raise TrainingDivergedError(self._divergence_advice())
-        for live, good in zip(self._trained(), self._last_good):
-            live.copy_(good)
+        self._restore_good()
         self.optimizer.state.clear()
         self.lr_scale *= 0.5
         for group in self.optimizer.param_groups:

@@ -85,11 +85,14 @@ def test_perfusion_then_generate_with_and_without_the_concept(saved_model, chels
         "kitty.safetensors",
     ]
     assert "kitty (cat):" in done.stderr and "KB" in done.stderr and "a tabby kitty" in done.stderr
+    assert "gate at β 0.7, τ 0.15: open (> 0.05) on" in done.stderr  # the selectivity line
+    assert "text-encoding covariance" in done.stderr  # its progress bar
     renders = {}
     for label, extra in {
         "stock": (),
         "concept": ("--concept", "perfusion/kitty.safetensors"),
         "strong": ("--concept", "perfusion/kitty.safetensors:0.3"),
+        "global": ("--concept", "perfusion/kitty.safetensors:global"),
     }.items():
         out = tmp_path / f"{label}.png"
         ran = _run(
@@ -97,8 +100,12 @@ def test_perfusion_then_generate_with_and_without_the_concept(saved_model, chels
             "--out", str(out), *extra, cwd=tmp_path,
         )  # fmt: skip
         assert ran.returncode == 0, ran.stderr
+        assert "another text path" not in ran.stderr and "no prompt to lock" not in ran.stderr
         renders[label] = out.read_bytes()
-    assert len(set(renders.values())) == 3  # the concept changes the image, and β changes it again
+    assert len(set(renders.values())) == 4  # the concept changes the image; β and global locking, again
+    bad = _run("generate", "kitty", "--model", str(saved_model), "--concept", "perfusion/kitty.safetensors:nan",
+               cwd=tmp_path)  # fmt: skip
+    assert bad.returncode == 2 and "β must be a number from 0 to 1, got nan" in bad.stderr
     again = _run("perfusion", "kitty.png", "--model", str(saved_model), *flags, cwd=tmp_path)
     assert again.returncode == 2 and "already exists" in again.stderr
     shown = _run("inspect", "perfusion/kitty.safetensors", cwd=tmp_path)  # before: "not an embedding"
@@ -211,3 +218,19 @@ def test_a_refused_perfusion_run_creates_no_covariance_folder(square, capfd):
 
 def _lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.strip() and not re.search(r"\d+%\|", line)]
+
+
+def test_generate_warns_when_a_concept_meets_another_text_path(saved_model, chelsea, tmp_path):
+    import torch
+
+    chelsea.save(tmp_path / "kitty.png")
+    flags = ("--init", "text", "--text", "a tabby cat", "--steps", "1", "--covariance-prompts", "16")
+    assert _run("perfusion", "kitty.png", "--model", str(saved_model), *flags, cwd=tmp_path).returncode == 0
+    other = factories.sd_pipeline(tmp_path / "tok")
+    with torch.no_grad():
+        other.text_encoder.text_model.final_layer_norm.weight.mul_(1.5)  # a fine-tuned text encoder
+    other.save_pretrained(tmp_path / "other")
+    ran = _run("generate", "a kitty", "--model", str(tmp_path / "other"), "--steps", "1",
+               "--concept", "perfusion/kitty.safetensors", cwd=tmp_path)  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    assert "Perfusion concept 'kitty' was trained with another text path" in ran.stderr

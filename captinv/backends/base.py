@@ -131,6 +131,16 @@ class ModelBackend(ABC):
         """The text encodings [B, N, d] that the UNet's cross-attention reads from `cond`."""
         return cond
 
+    def text_encodings(self, prompts: list[str], padding: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Plain prompts' encodings [B, N, d] and a mask [B, N] of each prompt's own positions (BOS,
+        words, EOS), for statistics of the text path (Perfusion's covariance). With `padding` False
+        a backend may stop at the batch's longest prompt; this default always encodes the full
+        conditioning the UNet gets."""
+        with torch.no_grad():
+            context = self.context(self.conditioning(prompts, {}))
+        lengths = torch.tensor([self.count_tokens(prompt) + 2 for prompt in prompts], device=context.device)
+        return context, torch.arange(context.shape[1], device=context.device) < lengths[:, None]
+
     def existing_names(self) -> set[str]:
         """Embedding names the host already knows (beyond files in the output folder)."""
         return set()

@@ -247,6 +247,20 @@ class DiffusersBackend(ModelBackend):
             return hidden[0]
         return SDXLConditioning(torch.cat(hidden, dim=-1), pooled)
 
+    @torch.no_grad()
+    def text_encodings(self, prompts: list[str], padding: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Without `padding`, encoded only up to the batch's last EOS: the encoder is causal, so the
+        rows up to each prompt's EOS are those of the full 77-position conditioning."""
+        hidden, own = [], None
+        for enc in self._encoders:
+            ids = self._layout(enc, prompts, {})[0]
+            ends = (ids == enc.tokenizer.eos_token_id).int().argmax(dim=1)
+            length = ids.shape[1] if padding else int(ends.max()) + 1
+            output = enc.model(ids[:, :length], output_hidden_states=enc.penultimate)
+            hidden.append(output.hidden_states[-2] if enc.penultimate else output.last_hidden_state)
+            own = torch.arange(length, device=ids.device) <= ends[:, None]
+        return torch.cat(hidden, dim=-1), own
+
     def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         kwargs: dict[str, Any] = {}
         if isinstance(cond, SDXLConditioning):

@@ -12,11 +12,13 @@ File layout (all float32): `emb.<encoder key>` [n, width] with the backends'
 encoder keys (`emb_params`, or `clip_l`/`clip_g`), `i_star`, `ci_star`,
 `i_super` [d], `v.<layer>` and `k.<layer>` [out] with canonical layer names;
 string metadata `format=captinv.perfusion`, `version`, `name`, `superclass`,
-`beta`, `tau`, `context_dim`, `layer_naming`, plus the caller's own keys.
+`beta`, `tau`, `lock`, `context_dim`, `layer_naming`, plus the caller's own keys
+(the training run's: text-path fingerprint, covariance id, gate selectivity...).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,7 +34,8 @@ from captinv.perfusion.rank1 import gate_direction
 
 FORMAT = "captinv.perfusion"
 VERSION = 1
-_RESERVED = ("format", "version", "name", "superclass", "beta", "tau", "context_dim", "layer_naming")
+_RESERVED = ("format", "version", "name", "superclass", "beta", "tau", "lock", "context_dim", "layer_naming")
+_LOCKS = ("local", "global")
 _BYTES_PER_VALUE = 4  # stored as float32
 
 
@@ -72,6 +75,7 @@ class PerfusionConcept:
     k_targets: dict[str, torch.Tensor] = field(default_factory=dict)  # empty: keys locked to W_K i_super
     beta: float = 0.7  # inference gate bias: higher weakens the concept
     tau: float = 0.15  # inference gate temperature
+    lock: str = "local"  # inference key locking: "local" or "global"
     metadata: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -80,6 +84,10 @@ class PerfusionConcept:
     @property
     def context_dim(self) -> int:
         return self.i_star.shape[0]
+
+    def renamed(self, name: str) -> PerfusionConcept:
+        """This concept under another name (the word a prompt uses for it), e.g. its file's name."""
+        return dataclasses.replace(self, name=name)
 
     def direction(self) -> torch.Tensor:
         """u = C⁻¹i* / (i*ᵀC⁻¹i*) in float64: s(e) = uᵀe is the gate's input."""
@@ -135,6 +143,7 @@ class PerfusionConcept:
             "superclass": self.superclass,
             "beta": repr(float(self.beta)),
             "tau": repr(float(self.tau)),
+            "lock": self.lock,
             "context_dim": str(self.context_dim),
             "layer_naming": "diffusers",
         }
@@ -142,7 +151,8 @@ class PerfusionConcept:
         return files.safetensors_bytes(tensors, {**self.metadata, **own})
 
     @classmethod
-    def load(cls, path: Path) -> PerfusionConcept:
+    def load(cls, path: Path, name: str | None = None) -> PerfusionConcept:
+        """The concept in `path`, called `name` when given (the stored name stays in the file)."""
         path = Path(path)
 
         def check(_keys: list[str], metadata: dict[str, str]) -> None:
@@ -171,6 +181,7 @@ class PerfusionConcept:
                 k_targets=_group(tensors, "k."),
                 beta=float(metadata["beta"]),
                 tau=float(metadata["tau"]),
+                lock=metadata.get("lock", "local"),
                 metadata={k: v for k, v in metadata.items() if k not in _RESERVED},
             )
         except (KeyError, ValueError) as err:
@@ -179,7 +190,7 @@ class PerfusionConcept:
             raise ConceptFileError(
                 f"{path.name}: tensors do not match its recorded context_dim; the file is damaged."
             )
-        return concept
+        return concept if name is None else concept.renamed(name)
 
     def _validate(self) -> None:
         def fail(problem: str) -> None:
@@ -210,6 +221,8 @@ class PerfusionConcept:
             fail("holds NaN or infinite values")
         if not (math.isfinite(self.beta) and math.isfinite(self.tau) and self.tau > 0):
             fail(f"gate needs a finite β and τ > 0 (got β={self.beta}, τ={self.tau})")
+        if self.lock not in _LOCKS:
+            fail(f"key locking is 'local' or 'global', not {self.lock!r}")
         if float((self.i_star.double() * self.c_inv_i_star.double()).sum()) <= 0:
             fail("i*ᵀC⁻¹i* is not positive")
 

@@ -1,25 +1,35 @@
 """The uncentred covariance C = E[e eᵀ] of the text encodings the UNet sees.
 
 Training needs C⁻¹i* every step (i* moves), inference does not (the concept
-file stores C⁻¹i*). C is estimated once per text encoder through the caller's
-own conditioning path (`encode(prompts) -> [B, N, d]`, e.g. the WebUI's
-`get_learned_conditioning`), so clip skip, SDXL's concatenated encoders, the
-padding convention and prompt chunking are exactly what the UNet gets; by
-default every position counts (BOS, words, EOS, padding), as the UNet attends
-to all of them. Sums are float64; the count only fixes the scale, which the
-edit ignores. A small ridge λI (λ = shrinkage·tr(C)/d) keeps the Cholesky
-factor defined when the corpus does not span all d directions.
+file stores C⁻¹i*). C is estimated once per text path and corpus through the
+caller's own encoder (`encode(prompts, padding) -> (encodings, own positions)`),
+so clip skip, SDXL's concatenated encoders and the model's weights are exactly
+what the UNet gets.
 
-The default corpus is generated here (templates × word lists, seeded), so no
-caption set has to be downloaded; a user's own caption file works the same way.
+Every position the UNet attends to belongs in C, padding included: without
+it the gate opens on a third of the padding positions of unrelated prompts
+(README, "Perfusion concepts"). But the padding is most of 77 positions, and
+a causal encoder gives each prompt's own positions (BOS, words, EOS) the same
+encodings whether or not padding follows. So most prompts are encoded only up
+to their batch's longest EOS, and every `padding_every`-th prompt in full, its
+padding rows weighted by `padding_every`: the same expectation for a fraction
+of the cost.
+
+The estimate stops when more prompts no longer move it: after each window of
+prompts, the gate inputs s = uᵀq of probe encodings (u = C⁻¹p / pᵀC⁻¹p for each
+probe p) under the current estimate are compared with those under the estimate
+from half as many prompts, which is about the current estimate's own error; it
+has converged when 90 % of them moved less than the tolerance. Sums are float64
+on the CPU (also for devices without float64); the count only fixes the scale,
+which the edit ignores. A small ridge λI (λ = shrinkage·tr(C)/d) keeps the
+Cholesky factor defined when the corpus does not span all d directions.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import random
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,16 +38,25 @@ import torch
 
 from captinv import files
 from captinv.errors import FileFormatError, Interrupted
+from captinv.perfusion.corpus import Corpus
 from captinv.perfusion.errors import CovarianceError
 
 logger = logging.getLogger(__name__)
 
-Encode = Callable[[list[str]], torch.Tensor]
-"""Prompts -> text encodings [B, N, d], exactly as the UNet's cross-attention receives them."""
+Encode = Callable[[list[str], bool], tuple[torch.Tensor, "torch.Tensor | None"]]
+"""(prompts, padding) -> (encodings [B, N, d] as the UNet's cross-attention receives them, a mask
+[B, N] of each prompt's own positions, or None when every position is). With padding=False the
+encoder may stop at the batch's longest prompt; with True it returns every position the UNet sees."""
 
 DEFAULT_SHRINKAGE = 1e-4
+DEFAULT_TOLERANCE = 0.05
+"""Change of a probe's gate input s (between the estimate and the one from half as many prompts)
+that 90 % of probe pairs must stay under; s is compared with β at τ = 0.15. Measured on the mini
+world, how selective a trained concept's gate is does not change from a few hundred prompts on, where
+this change is still about 0.05 (`python -m bench.perfusion convergence`)."""
+DEFAULT_PADDING_EVERY = 4
 FORMAT = "captinv.perfusion.covariance"
-VERSION = 1
+VERSION = 2
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -46,13 +65,16 @@ class Covariance:
     matrix: torch.Tensor  # [d, d] float64 on the CPU
     count: int  # token encodings averaged
     corpus_id: str
+    prompts: int = 0  # prompts encoded
+    converged: bool = False  # stopped because more prompts no longer moved it
+    source: str = ""  # text path and corpus (the cache id): concepts of one source combine exactly
 
     @property
     def width(self) -> int:
         return self.matrix.shape[0]
 
     def factor(self, shrinkage: float = DEFAULT_SHRINKAGE) -> torch.Tensor:
-        """Lower Cholesky factor (float64) of C + λI with λ = shrinkage·tr(C)/d."""
+        """Lower Cholesky factor (float64, CPU) of C + λI with λ = shrinkage·tr(C)/d."""
         trace = float(torch.trace(self.matrix))
         if not trace > 0:
             raise CovarianceError("The covariance has no positive trace; estimate it on a non-empty corpus.")
@@ -67,79 +89,165 @@ class Covariance:
         return factor
 
 
+@dataclass(frozen=True)
+class CovarianceProgress:
+    """Where an estimate stands: `expected` is the forecast of prompts it will take (at most the limit)."""
+
+    prompts: int
+    expected: int
+    elapsed: float  # seconds
+    eta: float  # seconds
+    change: float | None  # the last convergence measure (None before the first check)
+
+
 def covariance_solve(factor: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
     """C⁻¹v for rows v [..., d], given the Cholesky factor of C; differentiable in v."""
     rows = vectors.reshape(-1, vectors.shape[-1]).to(factor.dtype)
     return torch.cholesky_solve(rows.transpose(0, 1), factor).transpose(0, 1).reshape(vectors.shape)
 
 
+def _selected_rows(
+    encodings: torch.Tensor, weights: torch.Tensor | None, width: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The counted rows [n, d] as float64 on the CPU (MPS has no float64), and their weights."""
+    if encodings.dim() != 3 or encodings.shape[-1] != width:
+        raise CovarianceError(
+            f"encode() returned shape {tuple(encodings.shape)}; expected [batch, tokens, {width}]."
+        )
+    rows = encodings.detach()
+    if weights is None:
+        return rows.reshape(-1, width).cpu().to(torch.float64), None
+    weights = weights.to(rows.device).expand(rows.shape[:-1])
+    counted = weights > 0
+    return rows[counted].cpu().to(torch.float64), weights[counted].cpu().to(torch.float64)
+
+
 class CovarianceAccumulator:
-    """Σ e eᵀ and the number of encodings, one batch at a time, in float64."""
+    """Σ w e eᵀ and Σ w over weighted encodings, one batch at a time, in float64 on the CPU."""
 
     def __init__(self, width: int) -> None:
         self.width = width
-        self.total: torch.Tensor | None = None  # kept on the encodings' device until the end
-        self.count = 0
+        self.total = torch.zeros(width, width, dtype=torch.float64)
+        self.count = 0.0
 
-    def update(self, encodings: torch.Tensor, mask: torch.Tensor | None = None) -> None:
-        """Add the rows of `encodings` [B, N, d] whose `mask` (broadcast to [B, N]) is true."""
-        if encodings.dim() != 3 or encodings.shape[-1] != self.width:
-            raise CovarianceError(
-                f"encode() returned shape {tuple(encodings.shape)}; expected [batch, tokens, {self.width}]."
-            )
-        rows = encodings.detach().to(torch.float64)
-        if mask is not None:
-            rows = rows[mask.to(rows.device, torch.bool).expand(rows.shape[:-1])]
-        rows = rows.reshape(-1, self.width)
-        product = rows.transpose(0, 1) @ rows
-        self.total = product if self.total is None else self.total + product
-        self.count += rows.shape[0]
+    def update(self, encodings: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Add the rows of `encodings` [B, N, d] with their `weights` (broadcast to [B, N]; 0 leaves a
+        row out, None counts every row once); returns the rows counted."""
+        rows, row_weights = _selected_rows(encodings, weights, self.width)
+        weighted = rows if row_weights is None else rows * row_weights[:, None]
+        self.total += weighted.transpose(0, 1) @ rows
+        self.count += rows.shape[0] if row_weights is None else float(row_weights.sum())
+        return rows
 
-    def result(self, corpus_id: str) -> Covariance:
-        if self.total is None or self.count == 0:
+    def result(self, corpus_id: str, prompts: int = 0, converged: bool = False) -> Covariance:
+        if self.count == 0:
             raise CovarianceError("No text encodings were counted; the corpus or the mask is empty.")
-        return Covariance((self.total / self.count).cpu(), self.count, corpus_id)
+        return Covariance(self.total / self.count, round(self.count), corpus_id, prompts, converged)
 
 
-def corpus_id(prompts: Sequence[str]) -> str:
-    """A short content hash of a corpus, recorded with the covariance it produced."""
-    return hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()[:16]
+class _Convergence:
+    """The gate inputs of probe encodings under each checked estimate, and how far they still move."""
+
+    def __init__(self, probes: torch.Tensor) -> None:
+        self.probes = probes  # [P, d] float64
+        self.history: list[tuple[int, torch.Tensor]] = []
+
+    def change(self, accumulator: CovarianceAccumulator, prompts: int) -> float | None:
+        """The 90th percentile of |s_now − s_half| over probe pairs (the largest few follow the least
+        covered directions and settle last); None until there is an estimate from half as many prompts."""
+        factor = accumulator.result("").factor()
+        solved = covariance_solve(factor, self.probes)
+        directions = solved / (solved * self.probes).sum(-1, keepdim=True)
+        gate_inputs = directions @ self.probes.transpose(0, 1)
+        earlier = [s for n, s in self.history if 2 * n <= prompts]
+        self.history.append((prompts, gate_inputs))
+        return float((gate_inputs - earlier[-1]).abs().quantile(0.9)) if earlier else None
+
+
+def _batches(
+    prompts: Sequence[str], batch_size: int, padding_every: int | None
+) -> list[tuple[list[str], bool]]:
+    """(batch, with padding): every `padding_every`-th prompt (in corpus order, so whatever its
+    length) goes into batches with padding; each set is sorted by length so that little of a
+    batch is wasted on another prompt's padding."""
+    padded = list(prompts[::padding_every]) if padding_every else []
+    rest = [p for i, p in enumerate(prompts) if not padding_every or i % padding_every]
+    found = []
+    for group, with_padding in ((padded, True), (rest, False)):
+        ordered = sorted(group, key=len)
+        found += [(ordered[i : i + batch_size], with_padding) for i in range(0, len(ordered), batch_size)]
+    return found
+
+
+def _weights(own: torch.Tensor | None, padding_weight: int) -> torch.Tensor | None:
+    """1 for a prompt's own positions, `padding_weight` for its padding (0: left out)."""
+    if own is None:
+        return None
+    return torch.where(own, 1.0, float(padding_weight))
 
 
 @torch.no_grad()
 def estimate_covariance(
     encode: Encode,
-    prompts: Sequence[str],
+    corpus: Corpus,
     *,
-    batch_size: int = 32,
-    mask: torch.Tensor | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    max_prompts: int | None = None,
+    batch_size: int = 64,
+    window: int = 512,
+    tolerance: float = DEFAULT_TOLERANCE,
+    padding_every: int | None = DEFAULT_PADDING_EVERY,
+    progress: Callable[[CovarianceProgress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> Covariance:
-    """Stream `prompts` through `encode` and average e eᵀ over every (masked-in) position."""
-    if not prompts:
+    """Stream the corpus through `encode`, `window` prompts at a time, until the estimate converges
+    or `max_prompts` are done; every `padding_every`-th prompt counts its padding (None: none does)."""
+    limit = min(len(corpus), max_prompts or len(corpus))
+    if limit == 0:
         raise CovarianceError("The covariance corpus is empty.")
+    started = time.perf_counter()
     accumulator: CovarianceAccumulator | None = None
-    for start in range(0, len(prompts), batch_size):
-        if should_stop is not None and should_stop():
-            raise Interrupted("Covariance estimation stopped; nothing was saved.")
-        encodings = encode(list(prompts[start : start + batch_size]))
-        accumulator = accumulator or CovarianceAccumulator(encodings.shape[-1])
-        accumulator.update(encodings, mask)
-        if progress is not None:
-            progress(min(start + batch_size, len(prompts)), len(prompts))
-    covariance = accumulator.result(corpus_id(prompts))
+    convergence: _Convergence | None = None
+    done, expected, change, converged = 0, limit, None, False
+    probes: list[torch.Tensor] = []
+    for start in range(0, limit, window):
+        chunk = corpus.prompts[start : min(start + window, limit)]
+        for batch, with_padding in _batches(chunk, batch_size, padding_every):
+            if should_stop is not None and should_stop():
+                raise Interrupted("Covariance estimation stopped; nothing was saved.")
+            encodings, own = encode(batch, with_padding)
+            accumulator = accumulator or CovarianceAccumulator(encodings.shape[-1])
+            rows = accumulator.update(encodings, _weights(own, padding_every if with_padding else 0))
+            if start == 0:  # probes: random rows of every batch of the first window
+                pick = torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(len(probes)))
+                probes.append(rows[pick[:8]])
+            done += len(batch)
+            if progress is not None:
+                elapsed = time.perf_counter() - started
+                progress(
+                    CovarianceProgress(done, expected, elapsed, elapsed / done * (expected - done), change)
+                )
+        convergence = convergence or _Convergence(torch.unique(torch.cat(probes), dim=0))
+        if accumulator.count >= 2 * accumulator.width and done < limit:
+            change = convergence.change(accumulator, done)
+            if change is not None and change <= tolerance:
+                converged = True
+                break
+            if change is not None:  # the change shrinks about as 1/√prompts
+                expected = min(limit, max(done + window, round(done * (change / max(tolerance, 1e-9)) ** 2)))
+    if progress is not None:  # the bar's end: done is all there was to do
+        progress(CovarianceProgress(done, done, time.perf_counter() - started, 0.0, change))
+    covariance = accumulator.result(corpus.corpus_id, done, converged)
     logger.info(
-        "covariance of %d encodings from %d prompts (width %d)",
-        covariance.count,
-        len(prompts),
-        covariance.width,
-    )
+        "covariance of %d encodings from %d prompts (width %d, %s, %.1f s)",
+        covariance.count, done, covariance.width,
+        "converged" if converged else f"stopped at the limit, last change {change}",
+        time.perf_counter() - started,
+    )  # fmt: skip
     return covariance
 
 
 class CovarianceCache:
-    """Covariances in one folder, one file per id (say `<family>-<text-encoder hash>-cs<clip skip>`)."""
+    """Covariances in one folder, one file per id (the text path's fingerprint and the corpus id)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
@@ -149,8 +257,8 @@ class CovarianceCache:
             raise CovarianceError(f"'{cache_id}' is not usable as a cache id (letters, digits, . _ - only).")
         return self.folder / f"{cache_id}.safetensors"
 
-    def load(self, cache_id: str) -> Covariance | None:
-        """The cached covariance, or None when there is none yet."""
+    def load(self, cache_id: str, corpus_id: str) -> Covariance | None:
+        """The cached covariance of `corpus_id`, or None when there is none (or it is of another corpus)."""
         path = self.path(cache_id)
         if not path.is_file():
             return None
@@ -160,6 +268,11 @@ class CovarianceCache:
                 raise CovarianceError(
                     f"{path.name} is not the covariance '{cache_id}'; delete it to re-estimate."
                 )
+            if int(meta.get("version", "0")) != VERSION or meta.get("corpus_id") != corpus_id:
+                logger.info(
+                    "%s was estimated otherwise (another corpus or version); re-estimating", path.name
+                )
+                return None
             matrix = tensors["covariance"]
             if (
                 matrix.dim() != 2
@@ -167,7 +280,13 @@ class CovarianceCache:
                 or not bool(torch.isfinite(matrix).all())
             ):
                 raise CovarianceError(f"{path.name} holds no usable covariance; delete it to re-estimate.")
-            return Covariance(matrix.to(torch.float64), int(meta["count"]), meta["corpus_id"])
+            return Covariance(
+                matrix.to(torch.float64),
+                int(meta["count"]),
+                meta["corpus_id"],
+                int(meta["prompts"]),
+                meta["converged"] == "true",
+            )
         except (FileFormatError, KeyError, ValueError) as err:
             raise CovarianceError(f"{path.name} is damaged ({err}); delete it to re-estimate.") from err
 
@@ -178,67 +297,9 @@ class CovarianceCache:
             "id": cache_id,
             "count": str(covariance.count),
             "corpus_id": covariance.corpus_id,
+            "prompts": str(covariance.prompts),
+            "converged": "true" if covariance.converged else "false",
             "width": str(covariance.width),
         }
         data = files.safetensors_bytes({"covariance": covariance.matrix}, metadata)
         return files.write_file(self.path(cache_id), data, overwrite=True)
-
-
-_SUBJECTS = (
-    "cat", "dog", "woman", "man", "child", "old man", "teddy bear", "car", "house", "castle", "mountain",
-    "forest", "robot", "dragon", "bird", "horse", "flower", "tree", "city street", "beach", "lake",
-    "bowl of fruit", "cup of coffee", "guitar", "bicycle", "ship", "airplane", "train", "cake", "sneaker",
-    "backpack", "vase", "lamp", "chair", "knight", "astronaut", "wizard", "fox", "owl", "lion", "elephant",
-    "butterfly", "sunflower", "bridge", "lighthouse", "cabin", "waterfall", "skyscraper", "girl", "teapot",
-    "clock", "book", "sculpture", "toy", "shoe", "hat", "dress", "pizza", "motorcycle", "rabbit",
-)  # fmt: skip
-_ADJECTIVES = (
-    "red", "blue", "small", "large", "old", "shiny", "wooden", "golden", "fluffy", "tiny", "giant", "vintage",
-    "modern", "colorful", "dark", "bright", "rusty", "glowing", "cute", "ancient", "futuristic", "white",
-    "black", "green", "broken", "happy", "sleepy", "wet", "furry", "metal",
-)  # fmt: skip
-_PLACES = (
-    "on a table", "in a forest", "on the beach", "in the snow", "in a city", "in space", "under water",
-    "on a mountain", "in a garden", "in a kitchen", "at night", "at sunset", "in the rain",
-    "in a field of flowers", "next to a river", "in a library", "on a street", "in the desert", "in a cafe",
-    "on a boat", "in a studio", "on the moon", "in a living room", "by the window", "in a park",
-    "on a rooftop", "in a cave", "at the market", "in a museum", "on the grass",
-)  # fmt: skip
-_STYLES = (
-    "photograph", "oil painting", "watercolor", "digital art", "pencil sketch", "3d render", "anime style",
-    "studio lighting", "highly detailed", "cinematic lighting", "35mm film", "bokeh", "8k", "concept art",
-    "pixel art", "low poly", "black and white photo", "macro photo", "wide angle", "trending on artstation",
-    "soft light", "dramatic shadows", "pastel colors", "vivid colors", "sharp focus",
-)  # fmt: skip
-_TEMPLATES = (
-    "a photo of a {adj} {subject} {place}",
-    "{adj} {subject} {place}, {style}",
-    "a {style} of a {subject} {place}",
-    "{subject}, {adj}, {style}, {style2}",
-    "the {adj} {subject}",
-    "close-up of the {subject} {place}",
-    "a {subject} and a {subject2} {place}, {style}",
-    "a painting of a {adj} {subject} and a {adj2} {subject2} {place}, {style}, {style2}",
-    "{subject}",
-    "a {subject} {place} with a {adj} {subject2}",
-    "portrait of a {adj} {subject}, {style}, {style2}, {style3}",
-    "a {adj} {subject} {place}, {adj2} {subject2} in the background, {style}, {style2}, {style3}",
-)
-
-
-def default_corpus(size: int = 20_000, seed: int = 0) -> list[str]:
-    """`size` distinct prompts of varied length and wording, the same for the same seed."""
-    draw = random.Random(seed)
-    prompts: dict[str, None] = {}
-    for _ in range(size * 20):
-        if len(prompts) == size:
-            return list(prompts)
-        words = {
-            "subject": draw.choice(_SUBJECTS), "subject2": draw.choice(_SUBJECTS),
-            "adj": draw.choice(_ADJECTIVES), "adj2": draw.choice(_ADJECTIVES), "place": draw.choice(_PLACES),
-            "style": draw.choice(_STYLES), "style2": draw.choice(_STYLES), "style3": draw.choice(_STYLES),
-        }  # fmt: skip
-        prompts.setdefault(draw.choice(_TEMPLATES).format(**words), None)
-    raise CovarianceError(
-        f"Could not generate {size} distinct prompts; use a smaller corpus or your own captions."
-    )

@@ -12,13 +12,17 @@ The concept position is found by probing, not by counting tokens: the text
 encoder is causal, so the first encoding that changes when the concept's
 vector changes is the concept's. That holds for every host's prompt syntax,
 chunking and padding convention without re-implementing any of them.
+
+A finished concept carries what it was trained with (the text path's
+fingerprint, the covariance's id) and how selective its gate came out
+(`selectivity`), measured on prompts it never saw.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
+import logging
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,20 +40,18 @@ from captinv.errors import CaptionError
 from captinv.init_vectors import FUNCTION_WORDS, PseudoWord, WordPlan, split_words
 from captinv.perfusion import editing
 from captinv.perfusion.concept import ConceptSize, PerfusionConcept
-from captinv.perfusion.covariance import (
-    Covariance,
-    CovarianceCache,
-    default_corpus,
-    estimate_covariance,
-)
+from captinv.perfusion.covariance import Covariance
 from captinv.perfusion.errors import PerfusionError
 from captinv.perfusion.layers import cross_attention_layers
 from captinv.perfusion.rank1 import EMA_DECAY, ema_update, straight_through
+from captinv.perfusion.selectivity import GateSelectivity, gate_selectivity
+from captinv.perfusion.textpath import fingerprint
+from captinv.perfusion.textpath import text_covariance as text_covariance  # the WebUI imports it here
 from captinv.perfusion.trainable import TrainableConcept
 from captinv.templates import templates_that_fit
 from captinv.trainer import Callbacks, RunReport, Trainer, TrainResult, stop_metadata
 
-_FINGERPRINT_PROMPT = "a photo of a cat on a red chair"
+logger = logging.getLogger(__name__)
 _PHRASE_ENDS = frozenset(
     [
         "on",
@@ -79,6 +81,7 @@ class PerfusionResult(RunReport):
     superclass: str
     path: Path
     size: ConceptSize
+    selectivity: GateSelectivity
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -86,6 +89,7 @@ class PerfusionResult(RunReport):
             "superclass": self.superclass,
             "file": self.path.name,
             "size_bytes": self.size.total,
+            "gate_selectivity": self.selectivity.to_dict(),
         } | self._run_fields()
 
 
@@ -109,6 +113,13 @@ def default_superclass(text: str) -> str:
     return subject
 
 
+def superclass_token(token_ids: list[int]) -> int:
+    """Which token of a (multi-token) superclass word stands for the word: its last. The encoder is
+    causal, so the last token's encoding is the first to have seen the whole word: i_super (the
+    locked keys) is taken there, and the concept word starts from that token's row, one rule for both."""
+    return len(token_ids) - 1
+
+
 def plan_concept(backend: ModelBackend, text: str, name: str, superclass: str) -> WordPlan:
     """The init text as fixed words, with the superclass word (its last mention) as the trained concept.
 
@@ -118,11 +129,12 @@ def plan_concept(backend: ModelBackend, text: str, name: str, superclass: str) -
     if not tokens:
         raise CaptionError(f"The superclass {superclass!r} has no tokens; use a plain word such as 'cat'.")
     rows = backend.token_rows(tokens)
+    last = superclass_token(tokens)
     concept = PseudoWord(
         index=1,
         text=superclass,
         token_ids=tokens,
-        init={key: value.mean(0, keepdim=True) for key, value in rows.items()},
+        init={key: value[last : last + 1] for key, value in rows.items()},
         trainable=True,
         name=name,
     )
@@ -194,19 +206,29 @@ class PerfusionTrainer(Trainer):
             cross_attention_layers(backend.denoiser()), self.i_super, covariance_factor
         ).to(backend.device)
         self.i_star: torch.Tensor | None = None  # the running (EMA) target input
+        self._good_i_star: torch.Tensor | None = None  # its value after the last good step
         super().__init__(backend, plan, latents, config)
 
     @torch.no_grad()
     def _superclass_encoding(
         self, backend: ModelBackend, prompts: list[str], concept: PseudoWord
     ) -> torch.Tensor:
-        """i_super: the superclass word's last-token encoding, averaged over the templates."""
+        """i_super: the superclass word's encoding (at `superclass_token`), averaged over the templates."""
         context = backend.context(backend.conditioning(prompts, {})).float()
+        offset = superclass_token(concept.token_ids)
         index = torch.tensor(
-            [position + len(concept.token_ids) - 1 for position in self.positions.values()],
-            device=context.device,
+            [position + offset for position in self.positions.values()], device=context.device
         )
         return context[torch.arange(len(prompts), device=context.device), index].mean(0)
+
+    def _keep_good(self) -> None:
+        super()._keep_good()
+        self._good_i_star = self.i_star
+
+    def _restore_good(self) -> None:
+        """The running i* goes back with the vectors: a NaN step's encodings already entered it."""
+        super()._restore_good()
+        self.i_star = self._good_i_star
 
     def _param_groups(self) -> list[dict]:
         values = {"params": list(self.edit.parameters()), "lr": self.options.value_learning_rate}
@@ -238,43 +260,13 @@ class PerfusionTrainer(Trainer):
     def concept(self, embedding: dict[str, torch.Tensor], metadata: dict[str, str]) -> PerfusionConcept:
         if self.i_star is None:
             raise PerfusionError("No step has run; there is no concept to save.")
+        metadata = metadata | fingerprint(self.backend).to_metadata()
         concept = self.edit.to_concept(
             self.concept_name, self.plan.trainable[0].text, embedding, self.i_star, metadata
         )
-        return dataclasses.replace(concept, beta=self.options.beta, tau=self.options.tau)
-
-
-def text_fingerprint(backend: ModelBackend) -> str:
-    """A short id of the whole text path (weights, clip skip, padding): the covariance cache key."""
-    with torch.no_grad():
-        encoding = backend.context(backend.conditioning([_FINGERPRINT_PROMPT], {})).float().cpu()
-    digest = hashlib.sha256(torch.round(encoding * 1000).to(torch.int64).numpy().tobytes()).hexdigest()
-    return f"{backend.family}-{encoding.shape[-1]}-{digest[:16]}"
-
-
-def text_covariance(
-    backend: ModelBackend,
-    options: PerfusionOptions,
-    cache: CovarianceCache | None,
-    *,
-    progress: Callable[[int, int], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-) -> Covariance:
-    """The covariance of this model's text encodings over the generated corpus, from the cache if there."""
-    cache_id = f"{text_fingerprint(backend)}-n{options.covariance_prompts}"
-    cached = cache.load(cache_id) if cache is not None else None
-    if cached is not None:
-        return cached
-
-    def encode(prompts: list[str]) -> torch.Tensor:
-        return backend.context(backend.conditioning(prompts, {}))
-
-    covariance = estimate_covariance(
-        encode, default_corpus(options.covariance_prompts), progress=progress, should_stop=should_stop
-    )
-    if cache is not None:
-        cache.save(cache_id, covariance)
-    return covariance
+        return dataclasses.replace(
+            concept, beta=self.options.beta, tau=self.options.tau, lock=self.options.lock
+        )
 
 
 def _metadata(
@@ -323,6 +315,7 @@ class _Concept(runs.Recipe):
         self.superclass = _superclass(text, options)
         self.covariance = covariance
         self.concept: PerfusionConcept | None = None  # the trained concept, once `files` made it
+        self.selectivity: GateSelectivity | None = None  # measured on the trained concept, in `files`
 
     def plan(self, backend: ModelBackend) -> WordPlan:
         return plan_concept(backend, self.text, self.name, self.superclass)
@@ -342,8 +335,11 @@ class _Concept(runs.Recipe):
         if not isinstance(trainer, PerfusionTrainer) or callable(self.covariance):
             raise TypeError("files() takes the trainer that trainer() made")
         metadata = _metadata(plan, backend, self.config, result)
-        metadata["covariance"] = self.covariance.corpus_id
+        metadata["covariance"] = self.covariance.source or self.covariance.corpus_id
         self.concept = trainer.concept(result.embeddings[self.name], metadata)
+        self.selectivity = gate_selectivity(backend, self.concept)
+        logger.info("%s: %s", self.name, self.selectivity)
+        self.concept.metadata.update(self.selectivity.to_metadata())
         return {f"{self.name}.safetensors": self.concept.to_bytes()}
 
 
@@ -380,4 +376,5 @@ def train_concept(
         size=recipe.concept.size(),
         text=done.plan.text,
         sentence=done.plan.sentence(),
+        selectivity=recipe.selectivity,
     )

@@ -24,7 +24,7 @@ from captinv.errors import CaptinvError, CaptionError, ModelLoadError
 from captinv.hosts.base import Host
 from captinv.images import ImageSource, load_images
 from captinv.inversion import InvertResult, invert
-from captinv.perfusion.covariance import CovarianceCache
+from captinv.perfusion.covariance import Covariance, CovarianceCache, CovarianceProgress
 from captinv.perfusion.training import PerfusionResult, text_covariance, train_concept
 from captinv.trainer import Callbacks, Progress
 from captinv.webui.cards import Card, inversion_cards, training_note, write_cards
@@ -200,20 +200,28 @@ def run_perfusion(
     photos, config = _prepare(host, sources, text, source, values)
     base = _base(name, sources)
 
-    def covariance_progress(done: int, total: int) -> None:
-        _phase(host, f"text-encoding covariance, {done}/{total} prompts (once per model)")
+    def covariance_progress(progress: CovarianceProgress) -> None:
+        _phase(
+            host,
+            f"text-encoding covariance (once per model): {progress.prompts} of about {progress.expected} "
+            f"prompts, {progress.eta:.0f} s left",
+        )
 
     with host.training_backend(keep_networks=(webui or WebUIOptions()).keep_active_networks) as backend:
         resolution = config.resolution or backend.default_resolution
         callbacks = _callbacks(host, config.steps, config.seed, resolution)
-        covariance = text_covariance(
-            backend,
-            options,
-            CovarianceCache(host.covariance_dir),
-            progress=covariance_progress,
-            should_stop=callbacks.should_stop,
-        )
-        _phase(host, f"encoding {len(photos)} photo(s) and probing the concept word")
+
+        def covariance() -> Covariance:  # estimated only once the run's checks have passed
+            estimate = text_covariance(
+                backend,
+                options,
+                CovarianceCache(host.covariance_dir),
+                progress=covariance_progress,
+                should_stop=callbacks.should_stop,
+            )
+            _phase(host, f"encoding {len(photos)} photo(s) and probing the concept word")
+            return estimate
+
         result = train_concept(
             backend,
             photos,
@@ -229,6 +237,6 @@ def run_perfusion(
     prompt = f"a photo of {result.sentence} {perfusion_tag(result.name, options.beta)}"
     preview = _preview(host, prompt, config, resolution)
     if host.option("captinv_card_files"):
-        description = f"captinv Perfusion, keys locked to '{result.superclass}': {result.sentence}"
+        description = f"captinv Perfusion, keys locked to '{result.superclass}': {result.sentence}. {result.selectivity}"
         write_cards(result.path.parent, [Card(result.name, preview or photos[0], description)])
     return result, preview

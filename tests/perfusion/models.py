@@ -183,4 +183,5 @@ def random_concept(
         v_targets={
             layer.name: torch.randn(layer.to_v.out_features, generator=draw, dtype=dtype) for layer in layers
         },
+        metadata={"covariance": "test"},  # all from the tests' one covariance
     )

@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from captinv.perfusion.editing import ConceptSource, applied, install, is_installed, remove
+from captinv.errors import UnsupportedModelError
+from captinv.perfusion.editing import (
+    ConceptSource,
+    applied,
+    install,
+    is_installed,
+    lock_keys,
+    remove,
+    superclass_prompt,
+)
 from captinv.perfusion.errors import PerfusionError
 from captinv.perfusion.layers import cross_attention_layers
 from tests.perfusion import models
@@ -308,3 +317,207 @@ def test_removing_works_on_a_unet_whose_layout_perfusion_refuses(unet, concept):
         assert is_installed(holder)
         assert remove(holder) == 2 * len(concept.v_targets)
     assert not is_installed(unet)
+
+
+def test_knobs_that_are_no_numbers_are_refused(unet, concept):
+    for beta, tau in ((float("nan"), 0.15), (0.7, float("inf")), (0.7, -0.1)):
+        with pytest.raises(PerfusionError, match="finite"), applied(unet, concept, beta=beta, tau=tau):
+            pass
+    assert not is_installed(unet)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_extra_arguments_reach_the_projection_as_diffusers_0_25_passes_a_lora_scale(concept):
+    """diffusers 0.25-0.26 call `attn.to_k(x, scale)` on a LoRACompatibleLinear."""
+    lora_module = pytest.importorskip("diffusers.models.lora")  # gone in diffusers 1.0, as is the scale
+    LoRACompatibleLinear, LoRALinearLayer = lora_module.LoRACompatibleLinear, lora_module.LoRALinearLayer  # noqa: N806
+
+    unet = models.sd1_like()
+    layer = cross_attention_layers(unet)[0]
+    attention = unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2
+    for kind in ("to_k", "to_v"):
+        plain = getattr(attention, kind)
+        lora = LoRACompatibleLinear(plain.in_features, plain.out_features, bias=False).double()
+        lora.weight.data.copy_(plain.weight.data)
+        lora.set_lora_layer(LoRALinearLayer(plain.in_features, plain.out_features, rank=2).double())
+        torch.nn.init.normal_(lora.lora_layer.up.weight, generator=torch.Generator().manual_seed(3))
+        setattr(attention, kind, lora)
+    layer = cross_attention_layers(unet)[0]
+    e = _orthogonal(concept, seed=7)
+    with torch.no_grad(), applied(unet, concept, beta=0.5, tau=1e-6):
+        for scale in (0.0, 0.5):
+            stock_v = LoRACompatibleLinear.forward(layer.to_v, e, scale)
+            torch.testing.assert_close(layer.to_v(e, scale), stock_v, rtol=0, atol=1e-12)
+            super_key = LoRACompatibleLinear.forward(layer.to_k, concept.i_super, scale)
+            torch.testing.assert_close(layer.to_k(concept.i_star, scale=scale), super_key, rtol=0, atol=1e-12)
+        assert not torch.allclose(layer.to_v(e, 0.0), layer.to_v(e, 0.5))
+
+
+class ForgeLinear(torch.nn.Module):
+    """Forge's `ForgeOperations.Linear`: not an nn.Linear, a plain module with the same attributes
+    whose forward casts the weight to the input's dtype on every call."""
+
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = torch.nn.Parameter(linear.weight.detach().float().clone())
+        self.bias = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x, self.weight.to(x.dtype), None)
+
+
+def test_forge_style_projections_are_edited_like_linears(concept):
+    reference, forge = models.sd1_like(), models.sd1_like()
+    for module in forge.modules():
+        if hasattr(module, "to_k") and hasattr(module, "to_q") and module.is_cross_attention:
+            module.to_k, module.to_v = ForgeLinear(module.to_k), ForgeLinear(module.to_v)
+    e = torch.randn(2, 5, D, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    e[0, 1] = concept.i_star
+    outputs = []
+    for unet in (reference, forge):
+        with torch.no_grad(), applied(unet, concept, beta=0.6, tau=0.15) as layers:
+            assert all(
+                type(layer.to_v) is (ForgeLinear if unet is forge else torch.nn.Linear) for layer in layers
+            )
+            outputs.append([torch.cat([layer.to_k(e), layer.to_v(e)], -1) for layer in layers])
+        assert not is_installed(unet)
+    for ours, theirs in zip(*outputs):
+        torch.testing.assert_close(ours.double(), theirs, rtol=1e-6, atol=1e-6)
+    stranger = models.sd1_like()
+    stranger.down_blocks[0].attentions[0].transformer_blocks[0].attn2.to_k = torch.nn.Identity()
+    with pytest.raises(UnsupportedModelError, match="no linear to_k/to_v"):
+        cross_attention_layers(stranger)
+
+
+def test_the_edit_runs_where_autocast_does_not_know_the_device(unet, layers, concept, monkeypatch):
+    """torch < 2.5 raises for `torch.autocast('mps', enabled=False)`; a stand-in raises for 'cpu'."""
+    e = torch.randn(3, D, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    with torch.no_grad(), applied(unet, concept):
+        expected = [layer.to_v(e) for layer in layers]
+        real = torch.autocast
+
+        def unsupported(device_type, *args, **kwargs):
+            if device_type == "cpu":
+                raise RuntimeError("User specified an unsupported autocast device_type 'cpu'")
+            return real(device_type, *args, **kwargs)
+
+        monkeypatch.setattr(torch, "autocast", unsupported)
+        for layer, before in zip(layers, expected):
+            assert torch.equal(layer.to_v(e), before)
+
+
+def test_inference_constants_reach_the_device_in_the_compute_dtype(concept):
+    """Made in float64 on the CPU, converted before they move (MPS cannot hold float64)."""
+    source = ConceptSource([concept], beta=[0.7], tau=[0.15], exact=False)
+    shared = source.shared(torch.device("cpu"), torch.float32)
+    assert {getattr(shared, f).dtype for f in ("i_star", "direction", "mix", "beta", "tau", "i_super")} == {
+        torch.float32
+    }
+    assert {
+        t.dtype
+        for t in source.targets(next(iter(concept.v_targets)), "v", torch.device("cpu"), torch.float32)
+    } == {torch.float32}
+
+
+def _concept_of(layers, covariance, i_star, index: int, source: str = "sd1-same"):
+    concept = models.random_concept(
+        layers,
+        seed=30 + index,
+        name=f"k{index}",
+        i_star=i_star,
+        c_inv_i_star=torch.linalg.solve(covariance, i_star),
+    )
+    concept.metadata["covariance"] = source
+    return concept
+
+
+def _independent(e, concepts, covariance, weight, targets, betas, taus, *, exact):
+    """The paper's multi-concept edit written from C itself (Appendix B's projection onto span{i*_j}
+    in the C⁻¹ metric), per token: W(e − Proj e) + Σ_j σ((s_j − β_j)/τ_j) o*_j."""
+    c_inv = torch.linalg.inv(covariance)
+    i_stars = torch.stack([c.i_star for c in concepts])  # [m, d]
+    s = torch.stack([(e @ c_inv @ i) / (i @ c_inv @ i) for i in i_stars], -1)  # [..., m]
+    if exact:
+        gram = i_stars @ c_inv @ i_stars.T
+        removed = (e @ c_inv @ i_stars.T) @ torch.linalg.inv(gram) @ i_stars
+    else:
+        removed = s @ i_stars
+    gates = torch.sigmoid((s - torch.tensor(betas, dtype=e.dtype)) / torch.tensor(taus, dtype=e.dtype))
+    return (e - removed) @ weight.T + gates @ torch.stack(targets)
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_three_concepts_with_their_own_beta_and_tau_match_the_paper(unet, layers, covariance, exact):
+    draw = torch.Generator().manual_seed(21)
+    base = torch.randn(D, generator=draw, dtype=torch.float64)
+    concepts = [
+        _concept_of(layers, covariance, base + 1.5 * torch.randn(D, generator=draw, dtype=torch.float64), j)
+        for j in range(3)
+    ]  # correlated i*s
+    betas, taus = [0.45, 0.6, 0.75], [0.1, 0.15, 0.3]
+    e = torch.randn(2, 6, D, generator=draw, dtype=torch.float64)
+    for j, c in enumerate(concepts):
+        e[0, j] = c.i_star
+    e[1, 0] = 0.6 * concepts[0].i_star + 0.4 * concepts[2].i_star
+    projection = "exact" if exact else "approximate"
+    with torch.no_grad(), applied(unet, concepts, beta=betas, tau=taus, projection=projection):
+        for layer in layers:
+            w_k, w_v = layer.to_k.weight, layer.to_v.weight
+            keys = [w_k @ c.i_super for c in concepts]
+            values = [c.v_targets[layer.name] for c in concepts]
+            expected_k = _independent(e, concepts, covariance, w_k, keys, betas, taus, exact=exact)
+            expected_v = _independent(e, concepts, covariance, w_v, values, betas, taus, exact=exact)
+            torch.testing.assert_close(layer.to_k(e), expected_k, rtol=0, atol=1e-9)
+            torch.testing.assert_close(layer.to_v(e), expected_v, rtol=0, atol=1e-9)
+
+
+def test_the_exact_projection_refuses_concepts_of_different_covariances(unet, layers, covariance):
+    draw = torch.Generator().manual_seed(8)
+    pair = [
+        _concept_of(layers, covariance, torch.randn(D, generator=draw, dtype=torch.float64), j, source)
+        for j, source in enumerate(("sd1-abc-corpus1", "sd1-abc-corpus2"))
+    ]
+    with (
+        pytest.raises(PerfusionError, match="one covariance.*'k0': sd1-abc-corpus1"),
+        applied(unet, pair, projection="exact"),
+    ):
+        pass
+    with applied(unet, pair):  # the approximation needs only each concept's own u
+        pass
+    pair[1].metadata["covariance"] = "sd1-abc-corpus1"
+    with applied(unet, pair, projection="exact"):
+        pass
+    assert not is_installed(unet)
+
+
+def test_global_locking_takes_the_keys_of_registered_rows_from_their_superclass_twin(unet, layers, concept):
+    draw = torch.Generator().manual_seed(17)
+    context = torch.randn(7, D, generator=draw, dtype=torch.float64)
+    context[3] = concept.i_star
+    twin = context.clone()
+    twin[3:] = torch.randn(4, D, generator=draw, dtype=torch.float64)  # the superclass word and what follows
+    uncond = torch.randn(7, D, generator=draw, dtype=torch.float64)
+    batch = torch.stack([uncond, context])
+    with torch.no_grad(), applied(unet, concept, beta=0.5, tau=0.15):
+        local = [(layer.to_k(batch), layer.to_v(batch), layer.to_k(twin)) for layer in layers]
+        source = lock_keys(unet, [(context, twin)])
+        for layer, (k, v, twin_keys) in zip(layers, local):
+            keys = layer.to_k(batch)
+            assert torch.equal(keys[0], k[0])  # an unregistered row keeps its local lock
+            torch.testing.assert_close(keys[1], twin_keys, rtol=0, atol=0)
+            assert torch.equal(layer.to_v(batch), v)  # values stay those of the concept prompt
+        assert source.globally_locked_rows == len(layers)
+        lock_keys(unet, [])
+        assert torch.equal(layers[0].to_k(batch), local[0][0])
+        with pytest.raises(PerfusionError, match="same shape"):
+            lock_keys(unet, [(context, twin[:5])])
+    with pytest.raises(PerfusionError, match="No Perfusion concept is active"):
+        lock_keys(unet, [(context, twin)])
+
+
+def test_the_superclass_prompt_swaps_whole_concept_words(concept):
+    other = models.random_concept(cross_attention_layers(models.small_unet()), seed=3, name="rex")
+    other.superclass = "dog"
+    prompt = "Sks and rex-like rex, sks2 with SKS"
+    assert superclass_prompt(prompt, [concept, other]) == "toy and rex-like dog, sks2 with toy"

@@ -54,7 +54,52 @@ def test_only_the_value_targets_are_parameters(unet, setup):
     assert len(params) == len(layers) and all(p.requires_grad for p in params)
     for layer, target in zip(layers, params):
         torch.testing.assert_close(target.double(), layer.to_v.weight @ i_super, rtol=1e-6, atol=1e-6)
-    assert {name for name, _ in trainable.named_buffers()} == {"i_super", "covariance_factor"}
+    assert {name for name, _ in trainable.named_buffers()} == {"i_super"}
+
+
+def test_no_float64_reaches_the_device_for_a_float32_model(unet):
+    """MPS has no float64: the covariance factor stays on the CPU (it is no module state), and the
+    per-step tensors the wrapped projections get are float32, gradient path included."""
+    draw = torch.Generator().manual_seed(2)
+    a = torch.randn(D, D, generator=draw, dtype=torch.float64)
+    factor = torch.linalg.cholesky(a @ a.T + torch.eye(D, dtype=torch.float64))
+    trainable = TrainableConcept(cross_attention_layers(unet), torch.randn(D, generator=draw), factor)
+    assert {t.dtype for t in trainable.state_dict().values()} == {torch.float32}
+    moved = []
+    original = torch.nn.Module.to
+
+    def record(module, *args, **kwargs):
+        moved.append({t.dtype for t in module.state_dict().values()})
+        return original(module, *args, **kwargs)
+
+    trainable.to = record.__get__(trainable)
+    trainable.to("cpu")
+    assert moved == [{torch.float32}] and trainable.covariance_factor.dtype == torch.float64
+    i_star = torch.randn(D, requires_grad=True)
+    trainable.set_input(i_star * 1.0)
+    shared = trainable.shared(torch.device("cpu"), torch.float32)
+    assert {getattr(shared, f).dtype for f in ("i_star", "direction", "mix", "beta", "tau", "i_super")} == {
+        torch.float32
+    }
+    shared.direction.sum().backward()  # the float64 solve on the CPU still passes the gradient on
+    assert i_star.grad is not None and i_star.grad.dtype == torch.float32 and i_star.grad.abs().sum() > 0
+    assert trainable.shared(torch.device("cpu"), torch.float32) is shared  # placed once per step
+
+
+def test_value_targets_start_from_any_linear_like_projection(setup):
+    """Forge's projections are no nn.Linear; the start W_V i_super comes through their forward."""
+    from tests.perfusion.test_editing import ForgeLinear
+
+    _, i_super, _ = setup
+    unet = models.small_unet()
+    for module in unet.modules():
+        if getattr(module, "is_cross_attention", False):
+            module.to_k, module.to_v = ForgeLinear(module.to_k), ForgeLinear(module.to_v)
+    layers = cross_attention_layers(unet)
+    factor = torch.eye(D, dtype=torch.float64)
+    trainable = TrainableConcept(layers, i_super.float(), factor)
+    for layer, target in zip(layers, trainable.v_targets):
+        torch.testing.assert_close(target, layer.to_v.weight @ i_super.float(), rtol=1e-6, atol=1e-6)
 
 
 def test_a_step_trains_values_and_embedding_while_keys_and_weights_stay(unet, setup):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -12,12 +14,13 @@ from captinv.perfusion import editing
 from captinv.perfusion.concept import PerfusionConcept
 from captinv.perfusion.covariance import CovarianceCache
 from captinv.perfusion.layers import cross_attention_layers
+from captinv.perfusion.selectivity import GateSelectivity
+from captinv.perfusion.textpath import TextFingerprint, fingerprint, text_covariance
 from captinv.perfusion.training import (
     PerfusionTrainer,
     concept_position,
     default_superclass,
     plan_concept,
-    text_covariance,
     train_concept,
 )
 from captinv.trainer import Callbacks
@@ -75,6 +78,92 @@ def test_the_covariance_is_cached_per_text_path(sd1, tmp_path):
     assert torch.equal(first.matrix, again.matrix)
 
 
+def _trainer(backend, chelsea, covariance, plan=None, **overrides) -> PerfusionTrainer:
+    config = _config(**overrides)
+    plan = plan or plan_concept(backend, TEXT, "kitty", "cat")
+    latents = build_latent_cache(
+        backend,
+        [chelsea],
+        backend.default_resolution,
+        flip=False,
+        random_crops=0,
+        generator=torch.Generator(),
+    )
+    return PerfusionTrainer(backend, plan, latents, config, OPTIONS, covariance.factor())
+
+
+@torch.no_grad()
+def _encoding(backend, prompt: str, position: int, embeddings=None) -> torch.Tensor:
+    return backend.context(backend.conditioning([prompt], embeddings or {}))[0, position].float()
+
+
+def test_the_run_matches_an_independent_recomputation_of_i_super_the_ema_and_c_inverse_i_star(
+    sd1, chelsea, covariance
+):
+    """One template, so every draw's prompt is the sentence: i_super is the encoding of 'cat' in the
+    plain sentence, i* starts at the concept's encoding and follows i* <- 0.99 i* + 0.01 e_k with e_k
+    from the embedding before step k; the file's C⁻¹i* solves the shrunk covariance."""
+    trainer = _trainer(sd1, chelsea, covariance, steps=4, templates="none")
+    sentence, plain = "a tabby kitty on a wooden table", TEXT
+    position = 1 + sd1.count_tokens("a tabby")  # BOS first; counted by the tokenizer, not probed
+    embeddings = [trainer.plan.trainable[0].init["emb_params"]]
+    result = trainer.run(
+        Callbacks(preview=lambda step, e: embeddings.append(e["kitty"]["emb_params"]), preview_every=1)
+    )
+    assert result.steps == 4 and len(embeddings) == 5
+    torch.testing.assert_close(trainer.i_super, _encoding(sd1, plain, position), rtol=0, atol=1e-6)
+    expected = _encoding(sd1, sentence, position, {"kitty": {"emb_params": embeddings[0]}})
+    for embedding in embeddings[1:-1]:
+        expected = 0.99 * expected + 0.01 * _encoding(
+            sd1, sentence, position, {"kitty": {"emb_params": embedding}}
+        )
+    torch.testing.assert_close(trainer.i_star, expected, rtol=0, atol=1e-6)
+    concept = trainer.concept(result.embeddings["kitty"], {})
+    matrix = covariance.matrix
+    shrunk = matrix + 1e-4 * torch.trace(matrix) / matrix.shape[0] * torch.eye(
+        matrix.shape[0], dtype=torch.float64
+    )
+    torch.testing.assert_close(
+        concept.c_inv_i_star.double(), torch.linalg.solve(shrunk, expected.double()), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_a_rolled_back_step_rolls_back_the_running_i_star(sd1, chelsea, covariance, monkeypatch):
+    trainer = _trainer(sd1, chelsea, covariance, steps=3)
+    with trainer.session():
+        assert trainer.step() is not None
+        good = trainer.i_star.clone()
+        monkeypatch.setattr("captinv.trainer.diffusion_loss", lambda *a, **k: torch.tensor(float("nan")))
+        assert trainer.step() is None  # the NaN guard rejected it, after the step's encodings entered i*
+    assert trainer.rollbacks == 1 and torch.equal(trainer.i_star, good)
+
+
+def test_gradient_clipping_covers_the_value_targets(sd1, chelsea, covariance):
+    norms = {}
+    for clip in (None, 1e-4):
+        trainer = _trainer(sd1, chelsea, covariance, steps=1, max_grad_norm=clip)
+        with trainer.session():
+            trainer.step()
+        norms[clip] = (
+            float(torch.stack([p.grad.norm() for p in trainer.edit.v_targets]).norm()),
+            float(trainer.params["emb_params"].grad.norm()),
+        )
+    assert norms[None][0] > 1e-3 and norms[None][1] > 1e-3  # unclipped, both are well above the limit
+    assert norms[1e-4][0] <= 1e-4 * 1.0001 and norms[1e-4][1] <= 1e-4 * 1.0001
+
+
+def test_a_multi_token_superclass_locks_and_starts_from_the_same_token(sd1, chelsea, covariance):
+    tokens = sd1.tokenize("axolotl")
+    assert len(tokens) > 1
+    text = "a photo of an axolotl on a rock"
+    plan = plan_concept(sd1, text, "kitty", "axolotl")
+    last_row = sd1.token_rows(tokens[-1:])["emb_params"]
+    assert torch.equal(plan.trainable[0].init["emb_params"], last_row)
+    trainer = _trainer(sd1, chelsea, covariance, plan=plan, templates="none", text=text)
+    last = sd1.count_tokens("a photo of an axolotl")  # the word's last token (BOS is position 0)
+    torch.testing.assert_close(trainer.i_super, _encoding(sd1, text, last), rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("backend_name", ["sd1", "sdxl"])
 def test_a_run_lowers_the_loss_writes_a_concept_and_leaves_the_model_stock(
     request, backend_name, chelsea, tmp_path
@@ -120,6 +209,14 @@ def test_train_concept_writes_a_file_that_loads_and_refuses_a_taken_name(sd1, ch
         result.size.total == loaded.size().total and result.path.stat().st_size < 2 * result.size.total + 4096
     )
     assert result.sentence == "a tabby kitty on a wooden table" and len(result.losses) == 2
+    meta = loaded.metadata
+    assert meta["covariance"] == covariance.source and loaded.lock == "local"
+    assert TextFingerprint.from_metadata(meta) == TextFingerprint.from_metadata(
+        fingerprint(sd1).to_metadata()
+    )
+    assert GateSelectivity(**json.loads(meta["gate_selectivity"])).to_dict() == result.selectivity.to_dict()
+    assert result.to_dict()["gate_selectivity"] == result.selectivity.to_dict()
+    assert 0 <= result.selectivity.off_concept_open <= 1 and result.selectivity.prompts >= 20
     with pytest.raises(NameTakenError):
         train_concept(sd1, [chelsea], TEXT, config, OPTIONS, tmp_path, name="kitty", covariance=covariance)
 

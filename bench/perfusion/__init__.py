@@ -1,0 +1,1 @@
+"""Perfusion benchmarks: gate selectivity, defaults and covariance speed (see __main__)."""
