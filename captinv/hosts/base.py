@@ -22,8 +22,8 @@ from typing import Any
 from PIL import Image
 from torch import nn
 
-from captinv import names
 from captinv.backends.base import ModelBackend, Vectors
+from captinv.perfusion.errors import ConceptFileError
 from captinv.trainer import Callbacks
 from captinv.webui.settings import Setting
 
@@ -95,9 +95,17 @@ class Host(ABC):
         return self.models_dir / "perfusion-covariance"
 
     def concept_path(self, name: str) -> Path:
-        """Where the concept a prompt or a card names lives; the name is made safe first, so it
-        can only ever point inside the concepts folder."""
-        return names.output_path(self.concepts_dir, names.base_name(name), ".safetensors")
+        """The concept a tag or a card names: `<name>.safetensors` in the concepts folder (matched
+        case-insensitively, as the WebUI matches Lora names). The file name is the concept's
+        identity, as for embeddings and Loras, so a renamed copy is a concept of its own; a name
+        can never reach outside the folder."""
+        folder = self.concepts_dir
+        if not name.strip() or name.startswith(".") or any(sep in name for sep in ("/", "\\", "\0")):
+            raise ConceptFileError(f"'{name}' is not a Perfusion concept name (a file name in {folder}).")
+        path = folder / f"{name}.safetensors"
+        if not path.is_file() and folder.is_dir():
+            path = next((p for p in folder.glob("*.safetensors") if p.stem.lower() == name.lower()), path)
+        return path
 
     # -- progress, interrupt, the queue ---------------------------------------------
 

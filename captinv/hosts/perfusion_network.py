@@ -13,6 +13,7 @@ Which UNet and which embedding registry are the host's business.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -33,17 +34,22 @@ class PerfusionNetwork(extra_networks.ExtraNetwork):
         super().__init__(TAG)
         self.host = host
         self._registered: list[str] = []
-        self._cache: dict[Path, tuple[float, PerfusionConcept]] = {}
+        self._cache: dict[Path, tuple[int, PerfusionConcept]] = {}
 
     def load(self, name: str) -> PerfusionConcept:
-        """The concept file `models/perfusion/<name>.safetensors`, re-read when it changed on disk."""
+        """The concept file `models/perfusion/<name>.safetensors`, named after its file (a renamed
+        copy is its own concept: tag, card and concept word all use the file name), re-read when
+        it changed on disk. A changed file also makes the WebUI encode prompts again: its cached
+        conditioning holds the old concept word."""
         path = self.host.concept_path(name)
         if not path.is_file():
             raise ConceptFileError(f"No Perfusion concept '{name}' in {self.host.concepts_dir}.")
-        mtime = path.stat().st_mtime
+        mtime = path.stat().st_mtime_ns
         cached = self._cache.get(path)
         if cached is None or cached[0] != mtime:
-            self._cache[path] = (mtime, PerfusionConcept.load(path))
+            self._cache[path] = (mtime, dataclasses.replace(PerfusionConcept.load(path), name=path.stem))
+            if cached is not None:
+                self.host.reset_conditioning_cache()
         return self._cache[path][1]
 
     def activate(self, p, params_list) -> None:

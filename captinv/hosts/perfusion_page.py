@@ -55,7 +55,7 @@ class PerfusionPage(ui_extra_networks.ExtraNetworksPage):
         path = self.network.host.concept_path(name)
         stem = str(path.with_suffix(""))
         return {
-            "name": name,
+            "name": concept.name,
             "filename": str(path),
             "preview": self.find_preview(stem),
             "description": self.find_description(stem)
