@@ -1,4 +1,4 @@
-"""`<perfusion:NAME:BETA>` in a prompt: a concept's K/V edits for that generation only.
+"""`<perfusion:NAME[:β[:τ]]>` in a prompt: a concept's K/V edits for that generation only.
 
 Registered the way the built-in Lora network registers `<lora:...>`. Before
 each batch's conditioning the WebUI calls `activate` with this network's tags,
@@ -13,7 +13,6 @@ Which UNet and which embedding registry are the host's business.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from captinv.hosts.base import Host
 from captinv.perfusion import editing
 from captinv.perfusion.concept import PerfusionConcept
 from captinv.perfusion.errors import ConceptFileError
+from captinv.perfusion.tags import parse_knobs, resolve
 from captinv.webui.perfusion_tag import TAG
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class PerfusionNetwork(extra_networks.ExtraNetwork):
         mtime = path.stat().st_mtime_ns
         cached = self._cache.get(path)
         if cached is None or cached[0] != mtime:
-            self._cache[path] = (mtime, dataclasses.replace(PerfusionConcept.load(path), name=path.stem))
+            self._cache[path] = (mtime, PerfusionConcept.load(path, name=path.stem))
             if cached is not None:
                 self.host.reset_conditioning_cache()
         return self._cache[path][1]
@@ -60,13 +60,21 @@ class PerfusionNetwork(extra_networks.ExtraNetwork):
             unet = self.host.denoiser()
             if unet is None:
                 raise CaptinvError("no model is loaded")
-            concepts, betas = [], []
+            concepts, betas, taus = [], [], []
             for params in params_list:
-                concept = self.load(params.positional[0])
+                knobs = parse_knobs([str(item) for item in params.positional])
+                concept = self.load(knobs.name)
+                beta, tau, lock = resolve(knobs, concept.beta, concept.tau, concept.lock)
+                if lock == "global":
+                    p.comment(
+                        f"Perfusion '{concept.name}': global key locking is headless only "
+                        "(python -m captinv generate); the WebUI locks keys locally."
+                    )
                 concepts.append(concept)
-                betas.append(float(params.positional[1]) if len(params.positional) > 1 else concept.beta)
-            editing.activate(unet, concepts, beta=betas)
-        except (CaptinvError, ValueError) as err:
+                betas.append(beta)
+                taus.append(tau)
+            editing.activate(unet, concepts, beta=betas, tau=taus)
+        except CaptinvError as err:
             log.warning("captinv: Perfusion not applied: %s", err)
             p.comment(f"Perfusion not applied: {err}")
             return
@@ -74,7 +82,7 @@ class PerfusionNetwork(extra_networks.ExtraNetwork):
             self.host.register_embedding(concept.name, concept.embedding)
             self._registered.append(concept.name)
         p.extra_generation_params["Perfusion"] = ", ".join(
-            f"{concept.name}: {beta:g}" for concept, beta in zip(concepts, betas)
+            f"{concept.name}: β {beta:g} τ {tau:g}" for concept, beta, tau in zip(concepts, betas, taus)
         )
 
     def deactivate(self, p) -> None:
