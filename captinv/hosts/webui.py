@@ -89,8 +89,8 @@ class WebUIHost(Host):
             (processing.StableDiffusionProcessingTxt2Img, ("cached_hr_c", "cached_hr_uc")),
         ):
             for name in names:
-                if hasattr(owner, name):
-                    setattr(owner, name, [None, None])
+                if hasattr(owner, name):  # A1111 keeps [params, cond], Forge [params, cond, infotext]
+                    setattr(owner, name, [None] * len(getattr(owner, name)))
 
     # -- services -------------------------------------------------------------------
 

@@ -7,7 +7,9 @@ paths. Concept files key their per-layer vectors by the diffusers path
 (`down_blocks.0.attentions.0.transformer_blocks.0.attn2`), the same stems kohya
 LoRA keys use, and an explicit table translates ldm/sgm block paths. Module
 traversal order is never used to pair layers: diffusers registers `up_blocks`
-before `mid_block`, ldm does not.
+before `mid_block`, ldm does not. A projection need not be an `nn.Linear`: any
+module that acts as one (in_features, out_features, a forward) qualifies, as
+Forge's `ForgeOperations.Linear` does.
 """
 
 from __future__ import annotations
@@ -61,15 +63,25 @@ class CrossAttentionLayer:
     """One cross-attention layer: its canonical name and its two edited projections."""
 
     name: str
-    to_k: nn.Linear
-    to_v: nn.Linear
+    to_k: nn.Module
+    to_v: nn.Module
 
     @property
     def context_dim(self) -> int:
         return self.to_k.in_features
 
-    def projection(self, kind: str) -> nn.Linear:
+    def projection(self, kind: str) -> nn.Module:
         return self.to_k if kind == "k" else self.to_v
+
+
+def is_linear(module: object) -> bool:
+    """An `nn.Linear`, or a module that stands in for one (Forge's projections are plain modules
+    with `in_features`, `out_features`, `weight` and their own forward)."""
+    if isinstance(module, nn.Linear):
+        return True
+    return isinstance(module, nn.Module) and all(
+        isinstance(getattr(module, attribute, None), int) for attribute in ("in_features", "out_features")
+    )
 
 
 def ldm_table(channel_mult: Sequence[int], num_res_blocks: int | Sequence[int]) -> dict[str, str]:
@@ -130,7 +142,7 @@ def cross_attention_layers(unet: nn.Module) -> list[CrossAttentionLayer]:
         if path.rsplit(".", 1)[-1] != "attn2":
             continue
         to_k, to_v = getattr(module, "to_k", None), getattr(module, "to_v", None)
-        if not (isinstance(to_k, nn.Linear) and isinstance(to_v, nn.Linear)):
+        if not (is_linear(to_k) and is_linear(to_v)):
             raise UnsupportedModelError(f"'{path}' has no linear to_k/to_v; this UNet cannot be edited.")
         name = canonical_name(path, table)
         if name in layers:
