@@ -31,10 +31,9 @@ FLAGS = [
 
 def _tab(page, name: str):
     """A top-level tab's button: a plain button under gradio 3, a button with role "tab" under
-    gradio 4 (Forge)."""
-    return page.get_by_role("tab", name=name, exact=True).or_(
-        page.get_by_role("button", name=name, exact=True)
-    )
+    gradio 4 (Forge, which also capitalises "Txt2img")."""
+    label = re.compile(f"^{re.escape(name)}$", re.IGNORECASE)
+    return page.get_by_role("tab", name=label).or_(page.get_by_role("button", name=label))
 
 
 def _open_the_tab(page, server) -> None:
