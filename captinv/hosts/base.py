@@ -32,6 +32,7 @@ class Host(ABC):
     """What captinv needs from a WebUI. The methods are grouped as the glue uses them."""
 
     name: str = "WebUI"  # shown in messages: "AUTOMATIC1111", "Forge", "reForge"
+    app: Any = None  # the WebUI's FastAPI app, once `app_started`
 
     # -- the model a run trains against ----------------------------------------------
 
@@ -184,3 +185,8 @@ class Host(ABC):
     @abstractmethod
     def register_extra_networks(self) -> None:
         """Register the `<perfusion:...>` tag and the Perfusion card page."""
+
+    def app_started(self, app: Any) -> None:
+        """The WebUI's web app is up, its own routes included: kept for hosts that reach some of
+        the WebUI's state only through them."""
+        self.app = app

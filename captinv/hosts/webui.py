@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from modules import call_queue, devices, paths, processing, shared
+from modules import call_queue, devices, paths, processing, sd_samplers, shared
 from PIL import Image
 
 from captinv.errors import CaptionError
@@ -89,8 +89,8 @@ class WebUIHost(Host):
             (processing.StableDiffusionProcessingTxt2Img, ("cached_hr_c", "cached_hr_uc")),
         ):
             for name in names:
-                if hasattr(owner, name):
-                    setattr(owner, name, [None, None])
+                if hasattr(owner, name):  # A1111 keeps [params, cond], Forge [params, cond, infotext]
+                    setattr(owner, name, [None] * len(getattr(owner, name)))
 
     # -- services -------------------------------------------------------------------
 
@@ -98,9 +98,13 @@ class WebUIHost(Host):
         return getattr(shared.opts, key)
 
     def render_preview(self, prompt: str, seed: int, resolution: int) -> Image.Image | None:
+        # the WebUI's default sampler named explicitly: left empty, it logs an "autocorrection"
+        sampler, scheduler = sd_samplers.get_sampler_and_scheduler(None, None, convert_automatic=False)
         p = processing.StableDiffusionProcessingTxt2Img(
             sd_model=shared.sd_model,
             prompt=prompt,
+            sampler_name=sampler,
+            scheduler=scheduler,
             steps=self.option("captinv_preview_steps"),
             width=resolution,
             height=resolution,

@@ -9,7 +9,15 @@ from PIL import Image
 
 from tests.webui.photo import chelsea_b64
 
-TXT2IMG = {"steps": 2, "width": 64, "height": 64, "seed": 11, "sampler_name": "Euler"}
+# sampler and scheduler both named: the WebUI logs no "autocorrection"
+TXT2IMG = {
+    "steps": 2,
+    "width": 64,
+    "height": 64,
+    "seed": 11,
+    "sampler_name": "Euler",
+    "scheduler": "Automatic",
+}
 
 
 def txt2img_info(server, prompt: str) -> tuple[bytes, str]:

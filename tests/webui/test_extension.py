@@ -131,3 +131,11 @@ def test_progress_shows_step_loss_and_live_previews(server):
     assert outcome["answer"][0] == 200, outcome["answer"]
     assert "step" in seen_text and "loss" in seen_text, seen_text
     assert seen_image, "no live preview was shown"
+
+
+def test_runs_and_generations_leave_the_log_clean(server):
+    """After runs, previews and generations with and without the Perfusion tag (the tests above),
+    the WebUI's log has no traceback and no warning of captinv's making."""
+    log = server.log.read_text()
+    assert "Traceback" not in log, log[-3000:]
+    assert "autocorrection" not in log and ":captinv." not in log, log[-3000:]  # captinv's loggers

@@ -32,9 +32,16 @@ FLAGS = [
 ]
 
 
+def _tab(page, name: str):
+    """A top-level tab's button: a plain button under gradio 3, a button with role "tab" under
+    gradio 4 (Forge, which also capitalises "Txt2img")."""
+    label = re.compile(f"^{re.escape(name)}$", re.IGNORECASE)
+    return page.get_by_role("tab", name=label).or_(page.get_by_role("button", name=label))
+
+
 def _open_the_tab(page, server) -> None:
     page.goto(server.url, timeout=120_000)
-    page.get_by_role("button", name="Invert from Caption").click()
+    _tab(page, "Invert from Caption").first.click()
 
 
 def _drop(page, *photos) -> None:
@@ -209,7 +216,7 @@ def test_new_cards_are_in_extra_networks_without_a_refresh(server, page, tmp_pat
     chelsea().save(photo)
     _fill_the_tab(page, server, photo)
     _run_and_wait(page, tmp_path, "captinv-fresh.png")
-    page.get_by_role("button", name="txt2img", exact=True).first.click()
+    _tab(page, "txt2img").first.click()
     page.locator("#txt2img_extra_tabs button", has_text="Textual Inversion").first.click()
     card = page.locator('#txt2img_textual_inversion_cards_html .card[data-name="fresh-all"]')
     card.wait_for(timeout=60_000)
