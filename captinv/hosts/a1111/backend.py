@@ -34,6 +34,11 @@ def check_supported() -> None:
         raise UnsupportedModelError(
             "Training is not possible with --lowvram; restart with --medvram or without it."
         )
+    check_model()
+
+
+def check_model() -> None:
+    """Refuse, with a message, a missing model or one captinv cannot train against."""
     model = shared.sd_model
     if model is None:
         raise UnsupportedModelError("No Stable Diffusion model is loaded; pick a checkpoint first.")
@@ -147,18 +152,17 @@ class A1111Backend(ModelBackend):
         self._resolution = pixels.shape[-1]
         # ldm's encoding samples from the posterior with the global RNG: fork it so a run is reproducible
         # and the WebUI's own random state is left alone.
-        with (
-            torch.random.fork_rng(devices=[] if self.device.type == "cpu" else [self.device]),
-            devices.autocast(),
-        ):
+        with torch.random.fork_rng(devices=[] if self.device.type == "cpu" else [self.device]):
             torch.manual_seed(0)
-            chunks = [
-                self.model.get_first_stage_encoding(
-                    self.model.encode_first_stage(chunk.to(devices.device, devices.dtype_vae))
-                ).float()
-                for chunk in pixels.split(4)
-            ]
+            chunks = [self._encode(chunk).float() for chunk in pixels.split(4)]
         return torch.cat(chunks)
+
+    def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Scaled latents of [B, 3, H, W] pixels in [-1, 1] through the WebUI's VAE."""
+        with devices.autocast():
+            return self.model.get_first_stage_encoding(
+                self.model.encode_first_stage(pixels.to(devices.device, devices.dtype_vae))
+            )
 
     def conditioning(self, prompts: list[str], embeddings: Mapping[str, Vectors]) -> Conditioning:
         for name, vectors in embeddings.items():
@@ -202,12 +206,22 @@ class A1111Backend(ModelBackend):
             stack.callback(self._unregister_all)
             if self.model.is_sdxl:
                 stack.enter_context(self._sdxl_text_gradients())
-            if gradient_checkpointing:
-                from modules import sd_hijack_checkpoint
-
-                sd_hijack_checkpoint.add()
-                stack.callback(sd_hijack_checkpoint.remove)
+            stack.enter_context(self.gradient_checkpointing(gradient_checkpointing))
             yield
+
+    @contextmanager
+    def gradient_checkpointing(self, enabled: bool) -> Iterator[None]:
+        """The WebUI's own switch (what its Train tab uses): ldm's blocks recompute in backward."""
+        if not enabled:
+            yield
+            return
+        from modules import sd_hijack_checkpoint
+
+        sd_hijack_checkpoint.add()
+        try:
+            yield
+        finally:
+            sd_hijack_checkpoint.remove()
 
     # -- helpers -------------------------------------------------------------------
 
