@@ -17,6 +17,7 @@ from captinv.errors import CaptinvError
 from captinv.hosts.base import Host
 from captinv.webui import jobs
 from captinv.webui.auth import basic_auth
+from captinv.webui.options import WebUIOptions
 from captinv.webui.perfusion_tag import perfusion_tag
 from captinv.webui.schema import (
     SOURCES,
@@ -46,6 +47,10 @@ def _check_source(source: str) -> None:
         raise HTTPException(status_code=422, detail=f"source must be one of {', '.join(SOURCES)}.")
 
 
+def _webui_options(request) -> WebUIOptions:
+    return WebUIOptions.from_mapping(config_values(request, WebUIOptions))
+
+
 def _routes(host: Host) -> dict[str, tuple[Callable[..., Any], type]]:
     def invert_route(request: InvertRequest) -> InvertResponse:
         _check_source(request.source)
@@ -53,7 +58,13 @@ def _routes(host: Host) -> dict[str, tuple[Callable[..., Any], type]]:
         def work() -> InvertResponse:
             image = decode_image(request.image)
             result, _ = jobs.run_inversion(
-                host, [image], request.caption, request.name, config_values(request), request.source
+                host,
+                [image],
+                request.caption,
+                request.name,
+                config_values(request),
+                request.source,
+                _webui_options(request),
             )
             return InvertResponse(
                 combined_name=result.combined_name,
@@ -76,7 +87,14 @@ def _routes(host: Host) -> dict[str, tuple[Callable[..., Any], type]]:
             image = decode_image(request.image)
             options = config_values(request, PerfusionOptions)
             result, _ = jobs.run_perfusion(
-                host, [image], request.caption, request.name, config_values(request), options, request.source
+                host,
+                [image],
+                request.caption,
+                request.name,
+                config_values(request),
+                options,
+                request.source,
+                _webui_options(request),
             )
             beta = options.get("beta", PerfusionOptions().beta)
             return PerfusionResponse(

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, create_model
 
 from captinv.config import InvertConfig, PerfusionOptions
 from captinv.errors import ImageError
+from captinv.webui.options import WebUIOptions
 
 # Options a request may not set: server-side model locations (settings decide them).
 SERVER_ONLY = ("captioner", "classifier", "text")
@@ -60,9 +61,10 @@ _REQUEST_FIELDS: dict[str, Any] = {
         Field("caption", description=f"Where a missing caption comes from: {', '.join(SOURCES)}."),
     ),
 }
-InvertRequest = create_model("InvertRequest", **_REQUEST_FIELDS, **_optional_fields())
+_OPTION_FIELDS = _optional_fields() | _optional_fields(WebUIOptions)
+InvertRequest = create_model("InvertRequest", **_REQUEST_FIELDS, **_OPTION_FIELDS)
 PerfusionRequest = create_model(
-    "PerfusionRequest", **_REQUEST_FIELDS, **_optional_fields(), **_optional_fields(PerfusionOptions)
+    "PerfusionRequest", **_REQUEST_FIELDS, **_OPTION_FIELDS, **_optional_fields(PerfusionOptions)
 )
 
 
