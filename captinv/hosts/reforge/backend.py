@@ -6,7 +6,7 @@ embedding database and text wrappers are reForge's too) where the model objects 
   something (the VAE encode, a CLIP reload) evicted one.
 - reForge runs every generation under `torch.inference_mode()`, so weights moved or LoRA-merged
   by a generation are inference tensors, which autograd cannot save for backward: the run makes
-  them ordinary tensors (same values, same Parameter objects) whenever it loads.
+  them ordinary tensors of the same values whenever it loads.
 - Nothing casts inputs to the UNet's dtype (A1111's CondFuncs are gone), and A1111's dtype
   globals, `--lowvram` and `sd_hijack_checkpoint` do not steer `ldm_patched` models: the backend
   reads dtypes, schedule and blocks from the loaded model instead.
@@ -85,14 +85,18 @@ def _is_loaded(patcher) -> bool:
 
 @torch.no_grad()
 def _materialise(module: torch.nn.Module) -> None:
-    """Replace inference tensors by ordinary copies, keeping every Parameter object (optimisers,
-    hooks and the patchers' backups refer to them). Outside inference mode a clone is ordinary."""
+    """Replace inference tensors by ordinary copies of the same values. A Parameter created under
+    inference mode (a LoRA merge replaces the layer's Parameter) has no version counter even after
+    its `.data` is replaced, so each one becomes a new Parameter; nothing keeps the old objects
+    but the module (the patchers back up the weights they replace, not their replacements)."""
     for child in module.modules():
-        for parameter in child.parameters(recurse=False):
-            if parameter.is_inference():
-                parameter.data = parameter.data.clone()
-        for name, buffer in child.named_buffers(recurse=False):
-            if buffer.is_inference():
+        for name, parameter in list(child._parameters.items()):
+            if parameter is not None and parameter.is_inference():
+                child._parameters[name] = torch.nn.Parameter(
+                    parameter.clone(), requires_grad=parameter.requires_grad
+                )
+        for name, buffer in list(child._buffers.items()):
+            if buffer is not None and buffer.is_inference():
                 child._buffers[name] = buffer.clone()
 
 
