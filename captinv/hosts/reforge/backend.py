@@ -23,10 +23,10 @@ from ldm_patched.ldm.modules.diffusionmodules.openaimodel import ResBlock
 from ldm_patched.modules import model_management
 from ldm_patched.modules.model_sampling import rescale_zero_terminal_snr_sigmas
 from modules import shared
-from torch.utils.checkpoint import checkpoint
 
 from captinv.backends.base import Conditioning, NoiseSchedule
 from captinv.hosts.a1111.backend import A1111Backend
+from captinv.hosts.reforge.autograd import checkpointing, materialise
 
 
 class ReForgeBackend(A1111Backend):
@@ -55,65 +55,30 @@ class ReForgeBackend(A1111Backend):
     @contextmanager
     def gradient_checkpointing(self, enabled: bool) -> Iterator[None]:
         """A1111's switch patches `ldm` classes that reForge never runs: recompute reForge's own
-        transformer and residual blocks, per instance, with torch's non-reentrant checkpoint."""
-        blocks = {
-            module: module.__dict__.get("forward")  # an instance forward of someone else's, kept
+        transformer and residual blocks instead."""
+        blocks = [
+            module
             for module in self.denoiser().modules()
             if enabled and isinstance(module, (BasicTransformerBlock, ResBlock))
-        }
-        for block in blocks:
-            block.forward = _checkpointed(block.forward)
-        try:
+        ]
+        with checkpointing(blocks):
             yield
-        finally:
-            for block, previous in blocks.items():
-                if previous is None:
-                    del block.forward
-                else:
-                    block.forward = previous
 
     def _load(self) -> None:
         """Load the UNet and CLIP patchers together and make their weights ordinary tensors."""
         model_management.load_models_gpu(list(self._patchers))
         for patcher in self._patchers:
-            _materialise(patcher.model)
+            materialise(patcher.model)
 
 
 def _is_loaded(patcher) -> bool:
     return any(loaded is patcher for loaded in model_management.loaded_models())
 
 
-@torch.no_grad()
-def _materialise(module: torch.nn.Module) -> None:
-    """Replace inference tensors by ordinary copies of the same values. A Parameter created under
-    inference mode (a LoRA merge replaces the layer's Parameter) has no version counter even after
-    its `.data` is replaced, so each one becomes a new Parameter; nothing keeps the old objects
-    but the module (the patchers back up the weights they replace, not their replacements)."""
-    for child in module.modules():
-        for name, parameter in list(child._parameters.items()):
-            if parameter is not None and parameter.is_inference():
-                child._parameters[name] = torch.nn.Parameter(
-                    parameter.clone(), requires_grad=parameter.requires_grad
-                )
-        for name, buffer in list(child._buffers.items()):
-            if buffer is not None and buffer.is_inference():
-                child._buffers[name] = buffer.clone()
-
-
 def _cast(cond: Conditioning, dtype: torch.dtype) -> Conditioning:
     if isinstance(cond, dict):
         return {key: value.to(dtype) for key, value in cond.items()}
     return cond.to(dtype)
-
-
-def _checkpointed(forward):
-    def run(*args, **kwargs):
-        # the UNet rewrites one transformer_options dict as it goes; recompute with what this call saw
-        if isinstance(kwargs.get("transformer_options"), dict):
-            kwargs["transformer_options"] = dict(kwargs["transformer_options"])
-        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
-
-    return run
 
 
 def _sampling_alphas(model) -> torch.Tensor:

@@ -1,10 +1,12 @@
-"""reForge's LoRA and a run: after a `<lora:...>` generation, a run trains against the selected
-checkpoint's own weights, and the next generation has the LoRA again.
+"""What reForge does differently from A1111 under a run: its LoRA, its UNet blocks.
 
 reForge's builtin Lora keeps the last generation's LoRA as patched clones of the UNet and CLIP
-patchers, merged into the shared weights while loaded; A1111's Lora works differently (torch
-layer patches), which its own tests cover. The LoRA here is a real kohya-format file made for the
-loaded tiny checkpoint (shapes read from the checkpoint file), strong enough to change an image.
+patchers, merged into the shared weights while loaded (A1111's Lora patches torch layers, which
+its own tests cover): after a `<lora:...>` generation a run trains against the selected
+checkpoint's own weights, the next generation has the LoRA again, and Perfusion's wrappers stack
+with it. The LoRA is a real kohya-format file made for the loaded tiny checkpoint (shapes read
+from the checkpoint file), strong enough to change an image. Gradient checkpointing wraps
+reForge's own `ldm_patched` blocks and must not change what a run learns.
 """
 
 from __future__ import annotations
@@ -56,9 +58,25 @@ def _txt2img(server, prompt: str) -> bytes:
     return base64.b64decode(body["images"][0])
 
 
+SHORT = {"caption": "a tabby cat", "steps": 2, "batch_size": 2, "resolution": 64}
+
+
+def _reforge_only(server) -> None:
+    if server.host.name != "reforge":
+        pytest.skip("reForge's LoRA clones and ldm_patched blocks; A1111's have their own tests")
+
+
+def _add_lora(server) -> None:
+    """models/Lora/tinylora.safetensors for the loaded checkpoint (reForge finds it by name)."""
+    checkpoint = Path(server.call("/sdapi/v1/sd-models")[1][0]["filename"])
+    folder = server.data / "models" / "Lora"
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(_lora_weights(checkpoint), folder / "tinylora.safetensors")
+
+
 def _invert(server, name: str, **options) -> dict[str, torch.Tensor]:
     """The combined embedding's vectors of a short run, as written."""
-    body = {"image": chelsea_b64(), "caption": "a tabby cat", "name": name, "steps": 2, "resolution": 64}
+    body = SHORT | {"image": chelsea_b64(), "name": name}
     status, result = server.call("/captinv/v1/invert", body | options)
     assert status == 200, result
     return load_file(server.data / "embeddings" / f"{name}-all.safetensors")
@@ -74,12 +92,8 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 def test_a_run_after_a_lora_generation_trains_against_the_base_weights(server):
-    if server.host.name != "reforge":
-        pytest.skip("reForge's patcher-clone LoRA; A1111's Lora is covered by its own tests")
-    checkpoint = Path(server.call("/sdapi/v1/sd-models")[1][0]["filename"])
-    folder = server.data / "models" / "Lora"
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(_lora_weights(checkpoint), folder / "tinylora.safetensors")
+    _reforge_only(server)
+    _add_lora(server)
     stock = _txt2img(server, PROMPT)
     base = _invert(server, "lorabase")
 
@@ -97,3 +111,25 @@ def test_a_run_after_a_lora_generation_trains_against_the_base_weights(server):
     assert _metadata(server, "lorakept")["webui_networks"] == "<lora:tinylora:1>"
     assert _txt2img(server, PROMPT + LORA) == with_lora
     assert _txt2img(server, PROMPT) == stock
+
+
+def test_perfusion_stacks_with_a_lora_and_unwrapping_restores_it(server):
+    _reforge_only(server)
+    _add_lora(server)
+    body = SHORT | {"image": chelsea_b64(), "name": "lorakitty", "covariance_prompts": 16}
+    status, concept = server.call("/captinv/v1/perfusion", body)
+    assert status == 200, concept
+    prompt = f"a photo of a tabby {concept['name']}"
+    lora = _txt2img(server, prompt + LORA)
+    perfusion = _txt2img(server, f"{prompt} {concept['tag']}")
+
+    both = _txt2img(server, f"{prompt}{LORA} {concept['tag']}")
+
+    assert len({lora, perfusion, both, _txt2img(server, prompt)}) == 4
+    assert _txt2img(server, prompt + LORA) == lora  # wrappers gone, the LoRA alone again
+
+
+def test_gradient_checkpointing_learns_the_same_vectors(server):
+    _reforge_only(server)
+    plain = _invert(server, "plainrun")
+    assert _same(_invert(server, "ckptrun", gradient_checkpointing=True), plain)
