@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from modules import call_queue, devices, paths, processing, sd_samplers, shared
+from modules import call_queue, devices, paths, processing, scripts, sd_samplers, shared
 from PIL import Image
 
 from captinv.errors import CaptionError
@@ -114,6 +114,8 @@ class WebUIHost(Host):
             do_not_save_grid=True,
         )
         p.do_not_reload_embeddings = True  # what the run registered is what the preview shows
+        # No always-on scripts, but a runner: reForge's process_images reads `p.scripts` unguarded.
+        p.scripts = scripts.ScriptRunner()
         try:
             return processing.process_images(p).images[0]
         except Exception:  # a failed preview must not lose a finished run

@@ -52,6 +52,10 @@ def _check_source(source: str) -> None:
         raise HTTPException(status_code=422, detail=f"source must be one of {', '.join(SOURCES)}.")
 
 
+def _webui_options(request) -> WebUIOptions:
+    return WebUIOptions.from_mapping(config_values(request, WebUIOptions))
+
+
 def _routes(host: Host) -> dict[str, tuple[Callable[..., Any], type]]:
     def invert_route(request: InvertRequest) -> InvertResponse:
         _check_source(request.source)

@@ -34,6 +34,11 @@ def check_supported() -> None:
         raise UnsupportedModelError(
             "Training is not possible with --lowvram; restart with --medvram or without it."
         )
+    check_model()
+
+
+def check_model() -> None:
+    """Refuse, with a message, a missing model or one captinv cannot train against."""
     model = shared.sd_model
     if model is None:
         raise UnsupportedModelError("No Stable Diffusion model is loaded; pick a checkpoint first.")
@@ -151,8 +156,9 @@ class A1111Backend(ModelBackend):
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         self._resolution = pixels.shape[-1]
-        return self._encode(pixels, devices.dtype_vae)
+        return self._encode_all(pixels, devices.dtype_vae)
 
+    @torch.no_grad()
     def encode_images_upcast(self, pixels: torch.Tensor) -> torch.Tensor | None:
         """The WebUI's own way out of a NaN VAE (its decode retry): bfloat16 when "Automatically
         convert VAE to bfloat16" is on, float32 when "Automatically revert VAE to 32-bit floats" is;
@@ -166,27 +172,24 @@ class A1111Backend(ModelBackend):
         vae = self.model.first_stage_model
         vae.to(dtype)
         try:
-            return self._encode(pixels, dtype)
+            return self._encode_all(pixels, dtype)
         finally:
             vae.to(devices.dtype_vae)
 
-    def _encode(self, pixels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """Latents with the VAE in `dtype` and no autocast: under the WebUI's autocast the VAE's convs
-        would run in float16 even with --no-half-vae."""
+    def _encode_all(self, pixels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         # ldm's encoding samples from the posterior with the global RNG: fork it so a run is reproducible
         # and the WebUI's own random state is left alone.
-        with (
-            torch.random.fork_rng(devices=[] if self.device.type == "cpu" else [self.device]),
-            devices.without_autocast(),
-        ):
+        with torch.random.fork_rng(devices=[] if self.device.type == "cpu" else [self.device]):
             torch.manual_seed(0)
-            chunks = [
-                self.model.get_first_stage_encoding(
-                    self.model.encode_first_stage(chunk.to(devices.device, dtype))
-                ).float()
-                for chunk in pixels.split(4)
-            ]
-        return torch.cat(chunks)
+            return torch.cat([self._encode(chunk, dtype).float() for chunk in pixels.split(4)])
+
+    def _encode(self, pixels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Scaled latents of [B, 3, H, W] pixels in [-1, 1], with the VAE in `dtype` and no autocast:
+        under the WebUI's autocast the VAE's convs would run in float16 even with --no-half-vae."""
+        with devices.without_autocast():
+            return self.model.get_first_stage_encoding(
+                self.model.encode_first_stage(pixels.to(devices.device, dtype))
+            )
 
     def conditioning(self, prompts: list[str], embeddings: Mapping[str, Vectors]) -> Conditioning:
         for name, vectors in embeddings.items():
@@ -230,12 +233,22 @@ class A1111Backend(ModelBackend):
             stack.callback(self._unregister_all)
             if self.model.is_sdxl:
                 stack.enter_context(self._sdxl_text_gradients())
-            if gradient_checkpointing:
-                from modules import sd_hijack_checkpoint
-
-                sd_hijack_checkpoint.add()
-                stack.callback(sd_hijack_checkpoint.remove)
+            stack.enter_context(self.gradient_checkpointing(gradient_checkpointing))
             yield
+
+    @contextmanager
+    def gradient_checkpointing(self, enabled: bool) -> Iterator[None]:
+        """The WebUI's own switch (what its Train tab uses): ldm's blocks recompute in backward."""
+        if not enabled:
+            yield
+            return
+        from modules import sd_hijack_checkpoint
+
+        sd_hijack_checkpoint.add()
+        try:
+            yield
+        finally:
+            sd_hijack_checkpoint.remove()
 
     # -- helpers -------------------------------------------------------------------
 
