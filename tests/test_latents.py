@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from captinv.__main__ import _config, _parser, main
+from captinv.__main__ import _options, _parser, main
 from captinv.backends.diffusers_backend import DiffusersBackend
 from captinv.errors import NonFiniteLatentsError
 from captinv.images import square_crops, to_pixels
@@ -95,9 +95,9 @@ def test_flip_flags_override_the_rule():
     assert choose_flip("off", "a dog").enabled is False
     parse = _parser().parse_args
     common = ["invert", "x.png", "--model", "m"]
-    assert _config(parse(common)).flip == "auto"
-    assert _config(parse([*common, "--flip"])).flip == "on"
-    assert _config(parse([*common, "--no-flip"])).flip == "off"
+    assert _options(parse(common)).flip == "auto"
+    assert _options(parse([*common, "--flip"])).flip == "on"
+    assert _options(parse([*common, "--no-flip"])).flip == "off"
 
 
 def test_the_result_says_whether_it_flipped(sd1, chelsea, tmp_path):

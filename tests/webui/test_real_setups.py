@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from tests.webui.calls import invert, run_folder, txt2img
 from tests.webui.lora import make_lora
@@ -34,3 +36,18 @@ def test_a_run_after_a_lora_generation_trains_against_the_checkpoint(server):
     # the LoRA state is as the generation left it: with the tag and without, the same images as before
     assert txt2img(server, f"{prompt} <lora:tinylora:1>") == with_lora
     assert txt2img(server, prompt) == stock
+
+
+def _vectors(server, name: str, **options) -> dict[str, torch.Tensor]:
+    status, result = invert(server, name, steps=2, seed=5, **options)
+    assert status == 200, result
+    return load_file(str(run_folder(server, name) / f"{name}-all.safetensors"))
+
+
+def test_gradient_checkpointing_learns_the_same_vectors(server):
+    """Each host recomputes its own UNet blocks (A1111's ldm/sgm, reForge's ldm_patched, Forge's
+    backend): the memory saving must not change what a run learns."""
+    plain = _vectors(server, "plainrun")
+    checkpointed = _vectors(server, "ckptrun", gradient_checkpointing=True)
+    assert plain.keys() == checkpointed.keys()
+    assert all(torch.equal(plain[key], checkpointed[key]) for key in plain)
