@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from captinv.config import PERFUSION_DEFAULTS, GenerateOptions, InvertConfig, PerfusionOptions
+from captinv.config import INVERSION_ONLY, PERFUSION_DEFAULTS, GenerateOptions, InvertConfig, PerfusionOptions
 from captinv.errors import CaptinvError, ConfigError, OutputError, cli_flag
 
 if typing.TYPE_CHECKING:
@@ -35,8 +35,6 @@ log = logging.getLogger("captinv")
 
 _MODEL_HELP = "Diffusers folder, hub id, .safetensors checkpoint, or 'miniworld'."
 _DEVICE_HELP = "cpu, cuda, cuda:1 ... (default: cuda if available)."
-# Caption-inversion options with no meaning for a single concept word.
-_NOT_FOR_PERFUSION = ("vectors_per_word", "train_function_words")
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 # Library messages that are noise for a CLI user (kept with -v); real warnings still show.
 _NOISE = re.compile(
@@ -174,7 +172,7 @@ def _parser() -> argparse.ArgumentParser:
         default=Path("perfusion") / "covariance",
         help="Folder of cached text-encoding covariances (default: ./%(default)s).",
     )
-    _add_options(perfusion, InvertConfig, skip=_NOT_FOR_PERFUSION, defaults=PERFUSION_DEFAULTS)
+    _add_options(perfusion, InvertConfig, skip=INVERSION_ONLY, defaults=PERFUSION_DEFAULTS)
     _add_options(perfusion, PerfusionOptions)
 
     generate = commands.add_parser("generate", help="Render a prompt with embeddings and Perfusion concepts.")
@@ -266,13 +264,30 @@ def _show_init_text(config: InvertConfig, text: str) -> None:
 def _progress(total: int, backend, config: InvertConfig, text: str) -> Iterator[Callbacks]:
     """A bar that appears with the first step, so a run refused before training shows none, and is
     closed however (and whenever: auto-stop) the run ends; above it, what was loaded and whether
-    the photos are flipped."""
+    the photos are flipped.
+
+    Once training has begun, a first Ctrl-C stops after the current step and saves what was
+    learned (the files say how many steps); a second one cancels and writes nothing. Before the
+    first step there is nothing to keep, so Ctrl-C cancels at once.
+    """
+    import signal
+
     from tqdm import tqdm
 
     from captinv.latents import choose_flip
     from captinv.trainer import Callbacks
 
     bars: list[tqdm] = []
+    stop = {"requested": False}
+
+    def on_ctrl_c(signum, frame) -> None:
+        if not bars or stop["requested"]:
+            raise KeyboardInterrupt
+        stop["requested"] = True
+        bars[0].write(
+            "captinv: stopping after this step to save what was learned (Ctrl-C again: cancel)",
+            file=sys.stderr,
+        )
 
     def update(progress) -> None:
         if not bars:
@@ -283,9 +298,11 @@ def _progress(total: int, backend, config: InvertConfig, text: str) -> Iterator[
         bar.update(progress.step - bar.n)
         bar.set_postfix(loss=f"{progress.loss:.4f}")
 
+    previous = signal.signal(signal.SIGINT, on_ctrl_c)
     try:
-        yield Callbacks(progress=update)
+        yield Callbacks(progress=update, should_stop=lambda: stop["requested"], save_on_stop=lambda: True)
     finally:
+        signal.signal(signal.SIGINT, previous)
         for bar in bars:
             bar.close()
 

@@ -250,6 +250,9 @@ class InvertConfig(_Options):
 
 
 PERFUSION_DEFAULTS: dict[str, Any] = {"steps": 300, "batch_size": 4}
+# Caption-inversion options with no meaning for a single concept word (the CLI, the tab and the API
+# offer them for inversion only).
+INVERSION_ONLY = ("vectors_per_word", "train_function_words")
 """`InvertConfig` defaults a Perfusion run replaces: measured on the mini world (README, "Perfusion
 concepts"), a concept needs more steps than a caption inversion, and its running i* (an average
 that keeps 0.99^k of its start after k steps) still holds 37 % of the superclass after 100."""

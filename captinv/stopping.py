@@ -23,7 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
-StopReason = Literal["converged", "max_steps", "interrupted"]
+StopReason = Literal["converged", "max_steps", "stopped", "interrupted"]
+"""Why a run ended: the stopping rule, the step limit, the user's Stop & save (the vectors so far
+are written), or the user's Cancel / interrupt (nothing is written)."""
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,9 @@ class Progress:
 class Callbacks:
     progress: Callable[[Progress], None] | None = None
     should_stop: Callable[[], bool] | None = None
+    save_on_stop: Callable[[], bool] | None = None
+    """Asked when `should_stop` fires: True keeps the vectors reached so far (Stop & save, the
+    WebUI's Skip, a first Ctrl-C), False or absent discards the run (Cancel, Interrupt)."""
     preview: Callable[[int, dict[str, Vectors]], None] | None = None
     preview_every: int = 0
 
@@ -132,6 +135,10 @@ class RunReport:
         """One line for the user: how many steps ran and why no more."""
         if self.stop_reason == "converged":
             return f"stopped at step {self.steps} of at most {self.max_steps}: {self.stop_detail}"
+        if self.stop_reason == "stopped":
+            return (
+                f"stopped at step {self.steps} of {self.max_steps} on request; saved what was learned so far"
+            )
         return f"trained all {self.steps} steps"
 
     def _run_fields(self) -> dict[str, Any]:
@@ -374,7 +381,8 @@ class Trainer:
             plateau = self._plateau()
             for step in range(1, total + 1):
                 if callbacks.should_stop and callbacks.should_stop():
-                    result.stop_reason = "interrupted"
+                    keep = result.steps > 0 and callbacks.save_on_stop and callbacks.save_on_stop()
+                    result.stop_reason = "stopped" if keep else "interrupted"
                     break
                 loss = self.step()
                 result.steps = step

@@ -116,8 +116,8 @@ CASES = [
     case("out not writable", "invert", "square.png", *M, "--out", str(UNWRITABLE), message=f"Cannot write to {UNWRITABLE} ("),
     # --- perfusion ------------------------------------------------------------------------------
     case("superclass of two words", "perfusion", "square.png", *M, "--superclass", "tabby cat", message="--superclass must be one word, e.g. 'cat'; got 'tabby cat'", kind="perfusion", api={"superclass": "tabby cat"}),
-    case("tau 0", "perfusion", "square.png", *M, "--tau", "0", message="--tau must be a finite number of at least 0.001; got 0.0", kind="perfusion", api={"tau": 0.0}),
-    case("beta nan", "perfusion", "square.png", *M, "--beta", "nan", message="--beta must be a finite number; got nan", process=True, kind="perfusion", api={"beta": float("nan")}),
+    case("tau 0", "perfusion", "square.png", *M, "--tau", "0", message="--tau must be a finite number from 0.01 to 0.5; got 0.0", kind="perfusion", api={"tau": 0.0}),
+    case("beta nan", "perfusion", "square.png", *M, "--beta", "nan", message="--beta must be a finite number from 0.0 to 1.0; got nan", process=True, kind="perfusion", api={"beta": float("nan")}),
     case("value learning rate 0", "perfusion", "square.png", *M, "--value-learning-rate", "0", message="--value-learning-rate must be a finite number above 0", kind="perfusion", api={"value_learning_rate": 0.0}),
     case("covariance prompts too few", "perfusion", "square.png", *M, "--covariance-prompts", "5", message="--covariance-prompts must be a whole number from 16 to 100000; got 5", kind="perfusion", api={"covariance_prompts": 5}),
     case("no content word for the superclass", "perfusion", "square.png", *M, "--text", "a the", message="no content word to take as the superclass"),
@@ -132,8 +132,8 @@ CASES = [
     case("concept given as embedding", "generate", "a cat", *M, "--embedding", "kitty.safetensors", message="kitty.safetensors is a Perfusion concept, not an embedding"),
     case("embedding given as concept", "generate", "a cat", *M, "--concept", "wide.safetensors", message="wide.safetensors is not a captinv Perfusion concept"),
     case("concept missing", "generate", "a cat", *M, "--concept", "nothere.safetensors", message="No such file: nothere.safetensors"),
-    case("concept beta not a number", "generate", "a cat", *M, "--concept", "kitty.safetensors:strong", message="No such Perfusion concept file: kitty.safetensors:strong"),
-    case("concept beta nan", "generate", "a cat", *M, "--concept", "kitty.safetensors:nan", message="must be a finite number"),
+    case("concept beta not a number", "generate", "a cat", *M, "--concept", "kitty.safetensors:strong", message="--concept kitty.safetensors:strong: β must be a number, got 'strong'."),
+    case("concept beta nan", "generate", "a cat", *M, "--concept", "kitty.safetensors:nan", message="β must be a number from 0 to 1, got nan"),
     case("embedding for another model", "generate", "a cat", *M, "--embedding", "wide.safetensors", message="wide: 'emb_params' has shape [1, 768] but this model needs [n, 64]"),
     case("concept for another model", "generate", "a kitty", *M, "--concept", "kitty.safetensors", message="kitty: 'emb_params' has shape [1, 768] but this model needs [n, 64]"),
     case("two embeddings of one name", "generate", "a cat", *M, "--embedding", "one.safetensors", "--embedding", "folder/one.safetensors", message="More than one embedding or concept is named one"),
@@ -318,7 +318,9 @@ def _api_app() -> FastAPI:
 
     def check(request, kind: str) -> dict:
         try:
-            load_image(schema.decode_image(request.image))
+            schema.check_refused(request, kind)
+            for data in schema.request_images(request):
+                load_image(data)
             schema.checked_options(request, InvertConfig)
             if kind == "perfusion":
                 schema.checked_options(request, PerfusionOptions)
@@ -360,3 +362,31 @@ def test_the_api_checks_pass_a_good_request_and_none_turns_clipping_off(world):
     request = schema.InvertRequest(image=image, max_grad_norm=None)
     assert schema.checked_options(request).max_grad_norm is None
     assert schema.checked_options(schema.InvertRequest(image=image)).max_grad_norm == 1.0
+
+
+@pytest.mark.parametrize(
+    ("route", "field", "value", "message"),
+    [
+        ("invert", "beta", 0.5, "'beta' is a Perfusion option; send it to /captinv/v1/perfusion."),
+        ("invert", "init", "classify", "the API takes the init text as 'caption'"),
+        ("perfusion", "vectors_per_word", 1, "'vectors_per_word' is a caption-inversion option"),
+        ("perfusion", "init", "text", "where it comes from as 'source'"),
+    ],
+)
+def test_the_api_refuses_options_of_the_other_route_and_init(world, route, field, value, message):
+    """Before: `init` was silently replaced by `source`, and the other mode's options were dropped."""
+    image = base64.b64encode((world / "square.png").read_bytes()).decode()
+    answer = TestClient(_api_app()).post(f"/{route}", json={"image": image, field: value})
+    assert answer.status_code == 400 and message in answer.json()["detail"], answer.text
+
+
+def test_the_api_takes_several_images_or_one(world):
+    image = base64.b64encode((world / "square.png").read_bytes()).decode()
+    client = TestClient(_api_app())
+    assert client.post("/invert", json={"images": [image, image, image]}).status_code == 200
+    both = client.post("/invert", json={"image": image, "images": [image]})
+    assert both.status_code == 400 and "not both" in both.json()["detail"]
+    broken = client.post("/invert", json={"images": [image, base64.b64encode(b"nope").decode()]})
+    assert broken.status_code == 400 and "not an image file" in broken.json()["detail"]
+    none = client.post("/invert", json={})
+    assert none.status_code == 400 and "No image given" in none.json()["detail"]

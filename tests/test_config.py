@@ -36,8 +36,8 @@ def test_defaults_follow_the_caption_init_paper():
         (InvertConfig, {"flip": "yes"}, "flip must be one of auto, on, off; got 'yes'"),
         (InvertConfig, {"text": "  "}, "text is empty; type some text or leave it out"),
         (InvertConfig, {"captioner": ""}, "captioner is empty"),
-        (PerfusionOptions, {"beta": math.nan}, "beta must be a finite number; got nan"),
-        (PerfusionOptions, {"tau": 0.0}, "tau must be a finite number of at least 0.001"),
+        (PerfusionOptions, {"beta": math.nan}, "beta must be a finite number from 0.0 to 1.0; got nan"),
+        (PerfusionOptions, {"tau": 0.0}, "tau must be a finite number from 0.01 to 0.5"),
         (
             PerfusionOptions,
             {"value_learning_rate": -1.0},

@@ -94,6 +94,23 @@ def test_interrupt_stops_within_a_step_and_writes_nothing(sd1, chelsea, tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
+def test_stop_and_save_writes_the_vectors_reached_and_says_how_many_steps(sd1, chelsea, tmp_path):
+    steps = []
+    callbacks = Callbacks(
+        progress=steps.append, should_stop=lambda: len(steps) >= 3, save_on_stop=lambda: True
+    )
+    result = invert(
+        sd1, [chelsea], CAPTION, text_config(steps=50), tmp_path, base="chelsea", callbacks=callbacks
+    )
+    assert (result.steps, result.max_steps, result.stop_reason) == (3, 50, "stopped")
+    assert "stopped at step 3 of 50 on request" in result.stop_summary()
+    combined = read_embedding(tmp_path / "chelsea-all.safetensors")
+    assert combined.metadata["steps"] == "3" and combined.metadata["stop_reason"] == "stopped"
+    assert len(result.files) == 1 + len(result.word_names)  # the whole set, loadable
+    for path in result.files:
+        assert read_embedding(path).vectors
+
+
 def test_taken_name_is_refused_before_training_and_leaves_files_alone(sd1, chelsea, tmp_path):
     existing = tmp_path / "chelsea-w02-tabby.safetensors"
     existing.write_bytes(b"user's own embedding")

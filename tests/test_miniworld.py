@@ -130,7 +130,13 @@ def test_readme_quick_start_inverts_a_sample_offline(miniworld, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     said = [line for line in done.stderr.splitlines() if line.strip() and not re.search(r"\d+%\|", line)]
-    assert [line.split(":")[0] for line in said] == ["init text", "prompt with"], done.stderr  # no noise
+    assert [line.split(":")[0] for line in said] == [  # what was loaded and how it went; no library noise
+        "init text",
+        "model",
+        "horizontal flip on",
+        "trained all 20 steps",
+        "prompt with",
+    ], done.stderr
     stem = Path(command[4]).stem
     caption = (ROOT / "examples" / f"{stem}.txt").read_text(encoding="utf-8").strip()
     expected = {f"{stem}-all.safetensors", f"{stem}-all.preview.png"} | {

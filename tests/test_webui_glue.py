@@ -141,16 +141,21 @@ def test_the_routes_models_make_an_openapi_document():
 
     document = app.openapi()
     request_fields = document["components"]["schemas"]["InvertRequest"]["properties"]
-    assert _type(request_fields["init"]) == "string" and _type(request_fields["lr_schedule"]) == "string"
-    assert _type(request_fields["steps"]) == "integer" and "captioner" not in request_fields
+    assert _type(request_fields["lr_schedule"]) == "string" and _type(request_fields["steps"]) == "integer"
+    assert "captioner" not in request_fields and "images" in request_fields
+    # every option documents its default (before: only its help)
+    assert request_fields["learning_rate"]["description"].endswith("Default: 0.005.")
+    assert request_fields["max_grad_norm"]["description"].endswith("Default: 1.0.")
+    assert request_fields["vectors_per_word"]["description"].endswith("Default: one per token.")
+    assert "Perfusion option" in request_fields["beta"]["description"]
     perfusion_fields = document["components"]["schemas"]["PerfusionRequest"]["properties"]
     assert _type(perfusion_fields["superclass"]) == "string" and _type(perfusion_fields["beta"]) == "number"
     assert {"steps", "seed"} <= set(perfusion_fields)
     request = schema.PerfusionRequest(image="x", steps=5, superclass="cat", tau=0.2)
     assert schema.config_values(request) == {"steps": 5}
     assert schema.config_values(request, PerfusionOptions) == {"superclass": "cat", "tau": 0.2}
-    request = schema.InvertRequest(image="x", init="classify", lr_schedule="cosine")
-    assert schema.config_values(request) == {"init": "classify", "lr_schedule": "cosine"}
+    request = schema.InvertRequest(image="x", lr_schedule="cosine")
+    assert schema.config_values(request) == {"lr_schedule": "cosine"}
 
 
 def test_decode_image_accepts_data_urls_and_refuses_garbage():

@@ -47,7 +47,11 @@ class WebUIHost(Host):
             shared.state.job_no = update.step
             shared.state.textinfo = f"captinv: step {update.step}/{update.total}, loss {update.loss:.4f}"
 
-        return Callbacks(progress=progress, should_stop=lambda: self.interrupted() or self.save_requested())
+        return Callbacks(
+            progress=progress,
+            should_stop=lambda: self.interrupted() or self.save_requested(),
+            save_on_stop=self.save_requested,
+        )
 
     def set_status(self, text: str) -> None:
         shared.state.textinfo = text

@@ -159,10 +159,14 @@ def _plain_sentence(plan: WordPlan) -> str:
 
 @torch.no_grad()
 def concept_position(backend: ModelBackend, prompt: str, name: str, rows: dict[str, torch.Tensor]) -> int:
-    """Index of the concept's encoding in `prompt`: the first one that moves when its vector moves."""
-    moved = {key: value + 1.0 for key, value in rows.items()}
-    first = backend.context(backend.conditioning([prompt], {name: rows}))[0].float()
-    second = backend.context(backend.conditioning([prompt], {name: moved}))[0].float()
+    """Index of the concept's encoding in `prompt`: the first one that moves when its vector moves.
+
+    The nudge is small: a shift of a whole unit drives the WebUI's SD2 (OpenCLIP) text path to
+    NaN in half the positions, which then never count as moved."""
+    moved = {key: value + 1e-2 for key, value in rows.items()}
+    with torch.no_grad():
+        first = backend.context(backend.conditioning([prompt], {name: rows}))[0].float()
+        second = backend.context(backend.conditioning([prompt], {name: moved}))[0].float()
     changed = torch.nonzero((first - second).abs().amax(dim=-1) > 0).flatten()
     if changed.numel() == 0:
         raise PerfusionError(f"The concept '{name}' does not reach the text encoding of {prompt!r}.")

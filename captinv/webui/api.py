@@ -8,6 +8,7 @@ protected by --api-auth exactly as the WebUI's own routes.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException
@@ -27,9 +28,11 @@ from captinv.webui.schema import (
     InvertResponse,
     PerfusionRequest,
     PerfusionResponse,
+    check_refused,
     config_values,
     decode_image,
     error_detail,
+    request_images,
 )
 
 
@@ -47,9 +50,25 @@ def _webui_options(request) -> WebUIOptions:
     return WebUIOptions.from_mapping(config_values(request, WebUIOptions))
 
 
+def _check(request, route: str) -> None:
+    """What can be refused before the job is queued: the source, fields of the other route."""
+    _check_source(request.source)
+    try:
+        check_refused(request, route)
+    except CaptinvError as err:
+        raise HTTPException(status_code=err.http_status, detail=error_detail(err)) from err
+
+
 def _check_source(source: str) -> None:
     if source not in SOURCES:
         raise HTTPException(status_code=422, detail=f"source must be one of {', '.join(SOURCES)}.")
+
+
+def _name(host: Host, request, perfusion: bool) -> str:
+    """The request's name, else a free one from its file name (or 'captinv'): 'cat', 'cat-2', ..."""
+    if (request.name or "").strip():
+        return request.name
+    return jobs.free_default_name(host, Path(request.filename or "captinv").stem, perfusion=perfusion)
 
 
 def _webui_options(request) -> WebUIOptions:
@@ -58,15 +77,14 @@ def _webui_options(request) -> WebUIOptions:
 
 def _routes(host: Host) -> dict[str, tuple[Callable[..., Any], type]]:
     def invert_route(request: InvertRequest) -> InvertResponse:
-        _check_source(request.source)
+        _check(request, "invert")
 
         def work() -> InvertResponse:
-            image = decode_image(request.image)
             result, _ = jobs.run_inversion(
                 host,
-                [image],
+                request_images(request),
                 request.caption,
-                request.name,
+                _name(host, request, perfusion=False),
                 config_values(request),
                 request.source,
                 _webui_options(request),
@@ -80,22 +98,23 @@ def _routes(host: Host) -> dict[str, tuple[Callable[..., Any], type]]:
                 files=[path.name for path in result.files],
                 losses=result.losses,
                 steps=result.steps,
+                max_steps=result.max_steps,
+                stop_reason=result.stop_reason,
                 seconds=round(result.seconds, 2),
             )
 
         return _job(host, "captinv-invert", work)
 
     def perfusion_route(request: PerfusionRequest) -> PerfusionResponse:
-        _check_source(request.source)
+        _check(request, "perfusion")
 
         def work() -> PerfusionResponse:
-            image = decode_image(request.image)
             options = config_values(request, PerfusionOptions)
             result, _ = jobs.run_perfusion(
                 host,
-                [image],
+                request_images(request),
                 request.caption,
-                request.name,
+                _name(host, request, perfusion=True),
                 config_values(request),
                 options,
                 request.source,

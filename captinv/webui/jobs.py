@@ -9,6 +9,7 @@ at once so the very next txt2img prompt can use them.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,6 +129,23 @@ def _prepare(
         _phase(host, "captioning the first photo")
         config = dataclasses.replace(config, text=caption(host, photos, source))
     return photos, config
+
+
+def free_default_name(host: Host, stem: str, *, perfusion: bool) -> str:
+    """`stem` made a name, or `stem-2`, `stem-3`, ... when an earlier run has it: a default name
+    never fails for being taken (a name the user gives still does, with how to overwrite)."""
+    base = names.base_name(stem)
+    for number in itertools.count(1):
+        candidate = base if number == 1 else f"{base}-{number}"
+        taken = (
+            host.concept_path(candidate).exists()
+            if perfusion
+            else (host.embeddings_dir / "captinv" / candidate).exists()
+            or (host.embeddings_dir / f"{names.combined_name(candidate)}.safetensors").exists()
+        )
+        if not taken:
+            return candidate
+    raise AssertionError("unreachable")
 
 
 def _base(name: str | None, sources: list[ImageSource]) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 import gradio as gr
 
-from captinv.config import InvertConfig, PerfusionOptions
+from captinv.config import INVERSION_ONLY, InvertConfig, PerfusionOptions
 from captinv.errors import tab_label
 from captinv.webui.options import WebUIOptions
 
@@ -33,7 +33,6 @@ MODES = {"Caption inversion (embeddings)": "invert", "Perfusion concept (K/V edi
 RUN_LABELS = {"invert": "Invert", "perfusion": "Train Perfusion concept"}
 MAIN_OPTIONS = ("steps", "learning_rate", "templates")
 NOT_CONTROLS = ("init", "text", "name", "captioner", "classifier")
-INVERSION_ONLY = ("vectors_per_word", "train_function_words")
 PERFUSION_FIELDS = tuple(spec.name for spec in dataclasses.fields(PerfusionOptions))
 WEBUI_FIELDS = tuple(spec.name for spec in dataclasses.fields(WebUIOptions))
 

@@ -15,12 +15,13 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, Field, create_model
 
-from captinv.config import InvertConfig, PerfusionOptions
-from captinv.errors import CaptinvError, ImageError, api_field
+from captinv.config import INVERSION_ONLY, InvertConfig, PerfusionOptions
+from captinv.errors import CaptinvError, ConfigError, ImageError, api_field
 from captinv.webui.options import WebUIOptions
 
-# Options a request may not set: server-side model locations (settings decide them).
-SERVER_ONLY = ("captioner", "classifier", "text")
+# Options a request may not set: server-side model locations (settings decide them), the init
+# text (`caption`) and its source (`source`), which have fields of their own.
+SERVER_ONLY = ("captioner", "classifier", "text", "init")
 SOURCES = ("caption", "webui-blip", "classify", "text")
 
 
@@ -35,13 +36,44 @@ def _value_type(hint: Any) -> Any:
     return str if typing.get_origin(hint) is typing.Literal else hint
 
 
-def _optional_fields(options: type = InvertConfig) -> dict[str, Any]:
+def _optional_fields(options: type = InvertConfig, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """One optional field per option, documented with its help and its default (OpenAPI)."""
     hints = typing.get_type_hints(options)
     return {
-        spec.name: (Optional[_value_type(hints[spec.name])], Field(None, description=spec.metadata["help"]))  # noqa: UP045
+        spec.name: (
+            Optional[_value_type(hints[spec.name])],  # noqa: UP045
+            Field(None, description=f"{spec.metadata['help']} Default: {_default(spec)}."),
+        )
         for spec in dataclasses.fields(options)
-        if spec.name not in SERVER_ONLY
+        if spec.name not in SERVER_ONLY + skip
     }
+
+
+def _default(spec: dataclasses.Field) -> str:
+    if spec.default is None:
+        return spec.metadata.get("none") or "none"
+    return str(spec.default).lower() if isinstance(spec.default, bool) else str(spec.default)
+
+
+def _refused_fields(refused: typing.Mapping[str, str]) -> dict[str, Any]:
+    """Fields a route names only to refuse them with a 400 that says where they belong (an unknown
+    field would otherwise be dropped without a word)."""
+    return {
+        name: (Optional[Any], Field(None, description=f"Not here: {why}"))  # noqa: UP045
+        for name, why in refused.items()
+    }
+
+
+_PERFUSION_ONLY = {
+    spec.name: "a Perfusion option; send it to /captinv/v1/perfusion."
+    for spec in dataclasses.fields(PerfusionOptions)
+}
+_INVERSION_ONLY = {
+    name: "a caption-inversion option; send it to /captinv/v1/invert." for name in INVERSION_ONLY
+}
+_INIT = {"init": "the API takes the init text as 'caption' and where it comes from as 'source'."}
+REFUSED = {"invert": _PERFUSION_ONLY | _INIT, "perfusion": _INVERSION_ONLY | _INIT}
+"""Per route, the fields it refuses and why."""
 
 
 class CaptionRequest(BaseModel):
@@ -54,7 +86,22 @@ class CaptionResponse(BaseModel):
 
 
 _REQUEST_FIELDS: dict[str, Any] = {
-    "image": (str, Field(..., description="The photo, base64-encoded (a data: URL prefix is accepted).")),
+    "image": (
+        Optional[str],  # noqa: UP045
+        Field(None, description="The photo, base64-encoded (a data: URL prefix is accepted); or `images`."),
+    ),
+    "images": (
+        Optional[list[str]],  # noqa: UP045
+        Field(
+            None,
+            description="Several photos of one subject, base64-encoded (classic textual inversion uses 3-5); "
+            "the caption comes from the first.",
+        ),
+    ),
+    "filename": (
+        Optional[str],  # noqa: UP045
+        Field(None, description="The first photo's file name: the default `name` (default: 'captinv')."),
+    ),
     "caption": (Optional[str], Field(None, description="Init text; generated from the image when absent.")),  # noqa: UP045
     "source": (
         str,
@@ -62,13 +109,20 @@ _REQUEST_FIELDS: dict[str, Any] = {
     ),
 }
 _WEBUI_FIELDS = _optional_fields(WebUIOptions)
-InvertRequest = create_model("InvertRequest", **_REQUEST_FIELDS, **_optional_fields(), **_WEBUI_FIELDS)
+InvertRequest = create_model(
+    "InvertRequest",
+    **_REQUEST_FIELDS,
+    **_optional_fields(),
+    **_WEBUI_FIELDS,
+    **_refused_fields(REFUSED["invert"]),
+)
 PerfusionRequest = create_model(
     "PerfusionRequest",
     **_REQUEST_FIELDS,
-    **_optional_fields(),
+    **_optional_fields(skip=INVERSION_ONLY),
     **_optional_fields(PerfusionOptions),
     **_WEBUI_FIELDS,
+    **_refused_fields(REFUSED["perfusion"]),
 )
 
 
@@ -80,7 +134,9 @@ class InvertResponse(BaseModel):
     sentence: str
     files: list[str]
     losses: list[float]
-    steps: int
+    steps: int  # steps trained
+    max_steps: int  # the limit asked for
+    stop_reason: str  # max_steps, converged (auto-stop) or stopped (Stop & save: /sdapi/v1/skip)
     seconds: float
 
 
@@ -94,13 +150,30 @@ class PerfusionResponse(BaseModel):
     size_bytes: int
     losses: list[float]
     steps: int
+    max_steps: int
+    stop_reason: str
     seconds: float
+
+
+def check_refused(request: BaseModel, route: str) -> None:
+    """A `ConfigError` (400) for a field that belongs to the other route or to `caption`/`source`."""
+    for name in _given(request):
+        if name in REFUSED[route] and getattr(request, name) is not None:
+            raise ConfigError(f"'{name}' is {REFUSED[route][name]}", field=name)
+
+
+def request_images(request: BaseModel) -> list[bytes]:
+    """The photos of `image` or `images` (one of them), decoded."""
+    image, images = getattr(request, "image", None), getattr(request, "images", None)
+    if image and images:
+        raise ImageError("Send the photo in 'image' or the photos in 'images', not both.")
+    return [decode_image(data) for data in (images or [image])]
 
 
 def decode_image(data: str) -> bytes:
     """Base64 (optionally a data: URL) -> bytes, or an `ImageError` that says what is wrong."""
     if not data:
-        raise ImageError("No image given: send the photo base64-encoded in 'image'.")
+        raise ImageError("No image given: send the photo base64-encoded in 'image' (or several in 'images').")
     payload = data.split(",", 1)[1] if data.startswith("data:") else data
     try:
         return base64.b64decode(payload, validate=True)

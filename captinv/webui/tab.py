@@ -69,7 +69,10 @@ def _run(host: Host, components: TabComponents):
                 beta = chosen.perfusion.get("beta", PerfusionOptions().beta)
                 use = f"{concept.sentence} {perfusion_tag(concept.name, beta)}"
                 chips = chips_html(use, [], f"{concept.name} ({concept.superclass}), {concept.size}")
-                done = f"Done in {concept.seconds:.0f} s: {concept.path.name} written. Click to use it."
+                done = (
+                    f"Done in {concept.seconds:.0f} s ({concept.stop_summary()}): {concept.path.name} written. "
+                    "Click to use it."
+                )
                 return chips, preview, loss_svg(concept.losses), message_html(done)
             result, preview = jobs.run_inversion(
                 host, photos, caption, name, chosen.invert, SOURCE_CHOICES[source], webui
@@ -82,7 +85,10 @@ def _run(host: Host, components: TabComponents):
                 message_html(err.render(tab_label), error=True, type_caption=jobs.needs_typed_caption(err)),
             )
         chips = chips_html(result.combined_name, result.word_names, result.sentence)
-        done = f"Done in {result.seconds:.0f} s: {len(result.files)} embeddings written and loaded. Click a name to use it."
+        done = (
+            f"Done in {result.seconds:.0f} s ({result.stop_summary()}): {len(result.files)} embeddings written "
+            "and loaded. Click a name to use it."
+        )
         return chips, preview, loss_svg(result.losses), message_html(done)
 
     return run

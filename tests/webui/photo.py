@@ -14,7 +14,13 @@ def chelsea() -> Image.Image:
     return Image.fromarray(np.asarray(data.chelsea()))
 
 
-def chelsea_b64() -> str:
+def chelsea_b64(*, flip: bool = False, crop: bool = False) -> str:
+    """The photo as the API takes it; mirrored or cropped for a second or third view."""
+    image = chelsea()
+    if flip:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if crop:
+        image = image.crop((image.width // 8, 0, image.width, image.height * 7 // 8))
     buffer = io.BytesIO()
-    chelsea().save(buffer, format="PNG")
+    image.save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode()

@@ -7,6 +7,8 @@ import json
 import threading
 import time
 
+from safetensors import safe_open
+
 from tests.webui.calls import invert, perfusion, run_folder, txt2img, txt2img_info
 from tests.webui.photo import chelsea_b64
 
@@ -61,9 +63,10 @@ def test_bad_input_gets_a_4xx_with_a_message(server):
     assert status == 400 and "at most 75" in body["detail"]
 
 
-def test_interrupt_stops_the_run_and_writes_nothing(server):
+def _stopped_run(server, name: str, endpoint: str) -> tuple[int, dict]:
+    """A 5000-step run, stopped through `endpoint` once it has trained two steps."""
     outcome = {}
-    worker = threading.Thread(target=lambda: outcome.update(answer=invert(server, "stopped", steps=5000)))
+    worker = threading.Thread(target=lambda: outcome.update(answer=invert(server, name, steps=5000)))
     worker.start()
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -71,11 +74,44 @@ def test_interrupt_stops_the_run_and_writes_nothing(server):
         if progress.get("state", {}).get("job_no", 0) >= 2:
             break
         time.sleep(0.5)
-    server.call("/sdapi/v1/interrupt", {})
-    worker.join(timeout=120)
-    status, body = outcome["answer"]
+    server.call(endpoint, {})
+    worker.join(timeout=300)
+    return outcome["answer"]
+
+
+def test_interrupt_cancels_the_run_and_writes_nothing(server):
+    status, body = _stopped_run(server, "cancelled", "/sdapi/v1/interrupt")
     assert status == 409 and "nothing was written" in body["detail"]
-    assert not list((server.data / "embeddings").rglob("stopped-*"))
+    assert not list((server.data / "embeddings").rglob("cancelled-*"))
+
+
+def test_skip_stops_the_run_and_saves_a_complete_set(server):
+    """The tab's Stop & save is the WebUI's Skip: the vectors reached so far, every file of the set."""
+    status, body = _stopped_run(server, "kept", "/sdapi/v1/skip")
+    assert status == 200, body
+    assert body["stop_reason"] == "stopped" and 2 <= body["steps"] < body["max_steps"] == 5000
+    folder = run_folder(server, "kept")
+    assert sorted(body["files"]) == sorted(path.name for path in folder.glob("*.safetensors"))
+    with safe_open(str(folder / "kept-all.safetensors"), "pt") as handle:
+        assert handle.metadata()["steps"] == str(body["steps"])
+    assert txt2img(server, "a photo of kept-all") != txt2img(server, "a photo of a tabby cat")
+
+
+def test_three_photos_train_one_classic_word(server):
+    """Classic textual inversion: one `*` word from a few photos of the subject, sent as `images`."""
+    photos = [chelsea_b64(), chelsea_b64(flip=True), chelsea_b64(crop=True)]
+    status, body = invert(server, "three", images=photos, image=None, caption="*", steps=3)
+    assert status == 200, body
+    assert len(body["word_names"]) == 1 and body["sentence"] == body["word_names"][0], body
+    assert txt2img(server, f"a photo of {body['combined_name']}") != txt2img(server, "a photo of")
+
+
+def test_an_empty_name_twice_gives_two_sets_named_after_the_file(server):
+    first = invert(server, "", filename="Garden Cat.png")
+    second = invert(server, "", filename="Garden Cat.png")
+    assert first[0] == second[0] == 200, (first, second)
+    assert (first[1]["combined_name"], second[1]["combined_name"]) == ("garden-cat-all", "garden-cat-2-all")
+    assert run_folder(server, "garden-cat").is_dir() and run_folder(server, "garden-cat-2").is_dir()
 
 
 def test_perfusion_concepts_apply_with_their_tag_and_only_then(server):
