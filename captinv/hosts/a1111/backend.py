@@ -238,9 +238,15 @@ class A1111Backend(ModelBackend):
 
     @contextmanager
     def gradient_checkpointing(self, enabled: bool) -> Iterator[None]:
-        """The WebUI's own switch (what its Train tab uses): ldm's blocks recompute in backward."""
+        """SD1/SD2: the WebUI's own switch (what its Train tab uses), ldm's blocks recompute in
+        backward. SDXL runs sgm's blocks, which that switch does not touch: theirs are wrapped
+        here the same way for the run."""
         if not enabled:
             yield
+            return
+        if self.model.is_sdxl:
+            with _sgm_checkpointing():
+                yield
             return
         from modules import sd_hijack_checkpoint
 
@@ -279,3 +285,25 @@ class A1111Backend(ModelBackend):
         finally:
             for embedder, flag in zip(embedders, flags):
                 embedder.is_trainable = flag
+
+
+@contextmanager
+def _sgm_checkpointing() -> Iterator[None]:
+    """sgm's transformer and residual blocks recompute their activations in backward (torch's
+    non-reentrant checkpoint: gradients reach the conditioning, the frozen weights need none)."""
+    from sgm.modules.attention import BasicTransformerBlock
+    from sgm.modules.diffusionmodules.openaimodel import ResBlock
+    from torch.utils.checkpoint import checkpoint
+
+    def transformer_forward(self, x, context=None, **kwargs):
+        return checkpoint(self._forward, x, context, use_reentrant=False, **kwargs)
+
+    def residual_forward(self, x, emb):
+        return checkpoint(self._forward, x, emb, use_reentrant=False)
+
+    stored = (BasicTransformerBlock.forward, ResBlock.forward)
+    BasicTransformerBlock.forward, ResBlock.forward = transformer_forward, residual_forward
+    try:
+        yield
+    finally:
+        BasicTransformerBlock.forward, ResBlock.forward = stored
