@@ -12,14 +12,13 @@ tokenisation are exactly those of the released models.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import pytest
 import torch
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
-    FlowMatchEulerDiscreteScheduler,
-    SD3Transformer2DModel,
-    StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLPipeline,
@@ -171,8 +170,14 @@ def sdxl_refiner_pipeline(tmp: Path) -> StableDiffusionXLImg2ImgPipeline:
     )
 
 
-def sd3_pipeline(tmp: Path) -> StableDiffusion3Pipeline:
-    """SD3-like: an MMDiT transformer instead of a UNet, two CLIP encoders, no T5."""
+def sd3_pipeline(tmp: Path) -> Any:
+    """SD3-like: an MMDiT transformer instead of a UNet, two CLIP encoders, no T5. Imported here: on
+    the version floor (transformers 4.37) diffusers cannot import its SD3 pipeline at all, and a
+    refusal of SD3 needs no SD3 there."""
+    try:
+        from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    except (ImportError, RuntimeError) as err:
+        pytest.skip(f"this diffusers/transformers pair cannot build an SD3 pipeline: {err}")
     torch.manual_seed(0)
     transformer = SD3Transformer2DModel(
         sample_size=16,

@@ -64,6 +64,11 @@ def _check_source(source: str) -> None:
         raise HTTPException(status_code=422, detail=f"source must be one of {', '.join(SOURCES)}.")
 
 
+def _run_values(request) -> dict[str, Any]:
+    """The request's run options; its name is `_name`'s business (an empty one means the default)."""
+    return {key: value for key, value in config_values(request).items() if key != "name"}
+
+
 def _name(host: Host, request, perfusion: bool) -> str:
     """The request's name, else a free one from its file name (or 'captinv'): 'cat', 'cat-2', ..."""
     if (request.name or "").strip():
@@ -85,7 +90,7 @@ def _routes(host: Host) -> dict[str, tuple[Callable[..., Any], type]]:
                 request_images(request),
                 request.caption,
                 _name(host, request, perfusion=False),
-                config_values(request),
+                _run_values(request),
                 request.source,
                 _webui_options(request),
             )
@@ -115,7 +120,7 @@ def _routes(host: Host) -> dict[str, tuple[Callable[..., Any], type]]:
                 request_images(request),
                 request.caption,
                 _name(host, request, perfusion=True),
-                config_values(request),
+                _run_values(request),
                 options,
                 request.source,
                 _webui_options(request),

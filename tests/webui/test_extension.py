@@ -64,9 +64,10 @@ def test_bad_input_gets_a_4xx_with_a_message(server):
 
 
 def _stopped_run(server, name: str, endpoint: str) -> tuple[int, dict]:
-    """A 5000-step run, stopped through `endpoint` once it has trained two steps."""
+    """A 5000-step run (no auto-stop), stopped through `endpoint` once it has trained two steps."""
     outcome = {}
-    worker = threading.Thread(target=lambda: outcome.update(answer=invert(server, name, steps=5000)))
+    run = lambda: outcome.update(answer=invert(server, name, steps=5000, auto_stop=False))  # noqa: E731
+    worker = threading.Thread(target=run)
     worker.start()
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -138,8 +139,8 @@ def test_perfusion_concepts_apply_with_their_tag_and_only_then(server):
 
     one, info = txt2img_info(server, f"{prompt} {kitty['tag']}")
     assert one != stock
-    assert json.loads(info)["extra_generation_params"]["Perfusion"] == "kitty: 0.7"
-    assert 'Perfusion: "kitty: 0.7"' in json.loads(info)["infotexts"][0]
+    assert json.loads(info)["extra_generation_params"]["Perfusion"] == "kitty: β 0.7 τ 0.15"
+    assert 'Perfusion: "kitty: β 0.7 τ 0.15"' in json.loads(info)["infotexts"][0]
     stronger = txt2img(server, f"{prompt} <perfusion:kitty:0.3>")
     both = txt2img(server, f"{prompt} <perfusion:kitty:0.7> <perfusion:puss>")
     assert len({one, stronger, both}) == 3

@@ -238,23 +238,14 @@ class A1111Backend(ModelBackend):
 
     @contextmanager
     def gradient_checkpointing(self, enabled: bool) -> Iterator[None]:
-        """SD1/SD2: the WebUI's own switch (what its Train tab uses), ldm's blocks recompute in
-        backward. SDXL runs sgm's blocks, which that switch does not touch: theirs are wrapped
-        here the same way for the run."""
+        """The UNet's transformer, residual and attention blocks recompute their activations in
+        backward. Not the WebUI's own switch (its Train tab's): that one covers ldm's blocks only,
+        not SDXL's sgm ones, and its reentrant checkpoint changed what an SD1 run learned."""
         if not enabled:
             yield
             return
-        if self.model.is_sdxl:
-            with _sgm_checkpointing():
-                yield
-            return
-        from modules import sd_hijack_checkpoint
-
-        sd_hijack_checkpoint.add()
-        try:
+        with _checkpointed(_SGM_BLOCKS if self.model.is_sdxl else _LDM_BLOCKS):
             yield
-        finally:
-            sd_hijack_checkpoint.remove()
 
     # -- helpers -------------------------------------------------------------------
 
@@ -287,23 +278,37 @@ class A1111Backend(ModelBackend):
                 embedder.is_trainable = flag
 
 
+_LDM_BLOCKS = (
+    "ldm.modules.attention.BasicTransformerBlock",
+    "ldm.modules.diffusionmodules.openaimodel.ResBlock",
+    "ldm.modules.diffusionmodules.openaimodel.AttentionBlock",
+)
+_SGM_BLOCKS = (
+    "sgm.modules.attention.BasicTransformerBlock",
+    "sgm.modules.diffusionmodules.openaimodel.ResBlock",
+)
+
+
 @contextmanager
-def _sgm_checkpointing() -> Iterator[None]:
-    """sgm's transformer and residual blocks recompute their activations in backward (torch's
-    non-reentrant checkpoint: gradients reach the conditioning, the frozen weights need none)."""
-    from sgm.modules.attention import BasicTransformerBlock
-    from sgm.modules.diffusionmodules.openaimodel import ResBlock
+def _checkpointed(paths: tuple[str, ...]) -> Iterator[None]:
+    """Each class's `forward` becomes torch's non-reentrant checkpoint of its `_forward` (the same
+    numbers; gradients reach the conditioning while the frozen weights need none) for the run."""
+    import importlib
+
     from torch.utils.checkpoint import checkpoint
 
-    def transformer_forward(self, x, context=None, **kwargs):
-        return checkpoint(self._forward, x, context, use_reentrant=False, **kwargs)
+    classes = [
+        getattr(importlib.import_module(module), name) for module, name in (p.rsplit(".", 1) for p in paths)
+    ]
+    stored = [cls.forward for cls in classes]
 
-    def residual_forward(self, x, emb):
-        return checkpoint(self._forward, x, emb, use_reentrant=False)
+    def forward(self, *args, **kwargs):
+        return checkpoint(self._forward, *args, use_reentrant=False, **kwargs)
 
-    stored = (BasicTransformerBlock.forward, ResBlock.forward)
-    BasicTransformerBlock.forward, ResBlock.forward = transformer_forward, residual_forward
+    for cls in classes:
+        cls.forward = forward
     try:
         yield
     finally:
-        BasicTransformerBlock.forward, ResBlock.forward = stored
+        for cls, original in zip(classes, stored):
+            cls.forward = original
