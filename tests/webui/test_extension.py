@@ -69,7 +69,7 @@ def _stopped_run(server, name: str, endpoint: str) -> tuple[int, dict]:
     run = lambda: outcome.update(answer=invert(server, name, steps=5000, auto_stop=False))  # noqa: E731
     worker = threading.Thread(target=run)
     worker.start()
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # SDXL on a CPU spends minutes before its first step
     while time.monotonic() < deadline:
         progress = server.call("/sdapi/v1/progress")[1]
         if progress.get("state", {}).get("job_no", 0) >= 2:
