@@ -143,6 +143,8 @@ def test_the_routes_models_make_an_openapi_document():
     request_fields = document["components"]["schemas"]["InvertRequest"]["properties"]
     assert _type(request_fields["lr_schedule"]) == "string" and _type(request_fields["steps"]) == "integer"
     assert "captioner" not in request_fields and "images" in request_fields
+    perfusion_request = document["components"]["schemas"]["PerfusionRequest"]["properties"]
+    assert "covariance_captions" not in perfusion_request  # a path on the server: never from a request
     # every option documents its default (before: only its help)
     assert request_fields["learning_rate"]["description"].endswith("Default: 0.005.")
     assert request_fields["max_grad_norm"]["description"].endswith("Default: 1.0.")

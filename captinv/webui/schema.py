@@ -19,9 +19,10 @@ from captinv.config import INVERSION_ONLY, InvertConfig, PerfusionOptions
 from captinv.errors import CaptinvError, ConfigError, ImageError, api_field
 from captinv.webui.options import WebUIOptions
 
-# Options a request may not set: server-side model locations (settings decide them), the init
-# text (`caption`) and its source (`source`), which have fields of their own.
-SERVER_ONLY = ("captioner", "classifier", "text", "init")
+# Options a request may not set: server-side paths and model locations (settings decide them; a
+# request never names a file on the server), the init text (`caption`) and its source (`source`),
+# which have fields of their own.
+SERVER_ONLY = ("captioner", "classifier", "covariance_captions", "text", "init")
 SOURCES = ("caption", "webui-blip", "classify", "text")
 
 
