@@ -224,9 +224,11 @@ def _quiet_libraries(args: argparse.Namespace) -> None:
     from transformers.utils import logging as transformers_logging
 
     diffusers_logging.disable_progress_bar()
-    for library in (diffusers_logging, transformers_logging):
-        for handler in library.get_logger().handlers:  # the library's own root handler
-            handler.addFilter(_DropNoise())
+    # The libraries' own root handlers, and ours: transformers propagates its records to the root
+    # logger when the environment variable CI is set.
+    loggers = [library.get_logger() for library in (diffusers_logging, transformers_logging)]
+    for handler in [handler for logger in (*loggers, logging.getLogger()) for handler in logger.handlers]:
+        handler.addFilter(_DropNoise())
     warnings.filterwarnings("ignore", message=_NOISE.pattern)
 
 
