@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from captinv.config import InvertConfig
+from captinv.continuing import check_text, read_set
 from captinv.errors import CaptionError, ModelLoadError, option
 from captinv.hub import ModelSource, locate
 
@@ -135,7 +136,12 @@ def init_source(
 ) -> InitSource:
     """Typed text first; then, for caption init, a caption file beside the first image; then the
     captioner or classifier the config names, once it is known to be there (a missing one, or
-    one not downloaded while the hub is away, is refused at once)."""
+    one not downloaded while the hub is away, is refused at once). A run that continues a set
+    starts from the set's own caption."""
+    if config.start_from is not None:
+        stored = read_set(config.start_from)
+        check_text(stored, config.text)
+        return PlainText(stored.caption)
     if config.text is not None:
         return PlainText(config.text)
     sidecar = sidecar_caption(first_image) if first_image is not None and config.init == "caption" else None

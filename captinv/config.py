@@ -224,6 +224,12 @@ class InvertConfig(_Options):
         False, "Recompute activations in backward: less memory, ~30% slower. For small GPUs."
     )
     overwrite: bool = _opt(False, "Replace existing embeddings of the same names.")
+    start_from: str | None = _opt(
+        None,
+        "Train a captinv set further: its combined file (NAME-all.safetensors). The words and their "
+        "starting vectors come from it, not from a caption; name the new set (or --overwrite the old).",
+        none="a new set from the caption",
+    )
     captioner: str = _opt(DEFAULT_CAPTIONER, "BLIP model id or local path for --init caption.")
     classifier: str = _opt(DEFAULT_CLASSIFIER, "Image-classification model id or path for --init classify.")
     caption_beams: int = _opt(3, "Beam width of caption decoding.", minimum=1)
@@ -252,7 +258,7 @@ class InvertConfig(_Options):
 PERFUSION_DEFAULTS: dict[str, Any] = {"steps": 300, "batch_size": 4}
 # Caption-inversion options with no meaning for a single concept word (the CLI, the tab and the API
 # offer them for inversion only).
-INVERSION_ONLY = ("vectors_per_word", "train_function_words")
+INVERSION_ONLY = ("vectors_per_word", "train_function_words", "start_from")
 """`InvertConfig` defaults a Perfusion run replaces: measured on the mini world (README, "Perfusion
 concepts"), a concept needs more steps than a caption inversion, and its running i* (an average
 that keeps 0.99^k of its start after k steps) still holds 37 % of the superclass after 100."""

@@ -20,6 +20,7 @@ from PIL import Image
 from captinv import __version__, names, runs
 from captinv.backends.base import ModelBackend
 from captinv.config import InvertConfig
+from captinv.continuing import check_text, read_set, start_from_stored
 from captinv.embedding_io import EmbeddingFile
 from captinv.init_vectors import WordPlan, plan_words, planned_names
 from captinv.latents import choose_flip
@@ -55,6 +56,8 @@ def default_base(config: InvertConfig, first_image: str | Path | None) -> str:
 def check_inputs(text: str, base: str, config: InvertConfig, out_dir: Path) -> list[str]:
     """Everything about an inversion that can be checked before a model loads: the init text
     gives words, the folder can be written, the names are safe and free. Returns the names."""
+    if config.start_from:
+        check_text(read_set(config.start_from), text)
     planned = planned_names(text, base, config)
     runs.check_output(out_dir, planned, overwrite=config.overwrite)
     return planned
@@ -76,6 +79,9 @@ def _metadata(
         "words": json.dumps([word.text for word in plan.words]),
         "sentence": plan.sentence(),
         "init": config.init,
+        "vectors_per_word": str(config.vectors_per_word or "none"),
+        "train_function_words": json.dumps(config.train_function_words),
+        **({"continued_from": Path(config.start_from).name} if config.start_from else {}),
         **stop_metadata(result, config),
         "learning_rate": str(config.learning_rate),
         "seed": str(config.seed),
@@ -111,11 +117,16 @@ class _Inversion(runs.Recipe):
     """Caption inversion: a pseudo-word per word of the text, a file per word plus the combined one."""
 
     def __init__(self, text: str, base: str, config: InvertConfig) -> None:
+        self.stored = read_set(config.start_from) if config.start_from else None
+        if self.stored is not None:  # a second round: the words are planned as in the first
+            check_text(self.stored, text)
+            config = self.stored.planned_like(config)
         super().__init__(config)
         self.text, self.base = text, base
 
     def plan(self, backend: ModelBackend) -> WordPlan:
-        return plan_words(backend, self.text, self.base, self.config)
+        plan = plan_words(backend, self.text, self.base, self.config)
+        return plan if self.stored is None else start_from_stored(plan, self.stored, backend)
 
     def output_names(self, plan: WordPlan) -> list[str]:
         return plan.output_names()

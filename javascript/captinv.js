@@ -110,6 +110,65 @@ var captinv = (function() {
         }
     }
 
+    function setControl(id, value) {
+        var box = gradioApp().querySelector('#' + id + ' textarea, #' + id + ' input');
+        if (box) {
+            box.value = value;
+            updateInput(box);
+        }
+    }
+
+    function openTab() {
+        var buttons = gradioApp().querySelectorAll('#tabs .tab-nav button');
+        Array.from(buttons).forEach(function(button) {
+            if (button.textContent.trim() === 'Invert from Caption') {
+                button.click();
+            }
+        });
+    }
+
+    // "Continue from this embedding": open a captinv set in the tab for a second round, with its
+    // caption and options (from the file's metadata); the photos are dropped again.
+    function continueFrom(name) {
+        fetch('./captinv/v1/set?name=' + encodeURIComponent(name)).then(function(response) {
+            return response.ok ? response.json() : null;
+        }).then(function(set) {
+            if (!set) {
+                return;
+            }
+            setControl('captinv_continue_from', set.name);
+            setControl('captinv_caption', set.caption);
+            setControl('captinv_name', '');
+            Object.keys(set.options).forEach(function(key) {
+                setControl('captinv_' + key, set.options[key]);
+            });
+            openTab();
+        });
+    }
+
+    // A button on the Extra Networks card of every captinv set (its combined NAME-all embedding,
+    // which captinv keeps under embeddings/captinv/).
+    function addContinueButtons() {
+        gradioApp().querySelectorAll('.card[data-name$="-all"]').forEach(function(card) {
+            var terms = card.querySelector('.search_terms');
+            var row = card.querySelector('.button-row');
+            if (!row || !terms || terms.textContent.indexOf('captinv') < 0 || card.querySelector('.captinv-continue')) {
+                return;
+            }
+            var button = document.createElement('div');
+            button.className = 'captinv-continue';
+            button.title = 'Continue from this embedding: train this set further in Invert from Caption';
+            button.textContent = '\u21bb';
+            button.addEventListener('click', function(event) {
+                event.stopPropagation();
+                continueFrom(card.dataset.name);
+            });
+            row.appendChild(button);
+        });
+    }
+
+    onUiUpdate(addContinueButtons);
+
     onUiLoaded(function() {
         var info = gradioApp().getElementById('captinv_info');
         if (info) {
@@ -117,5 +176,5 @@ var captinv = (function() {
         }
     });
 
-    return {start: start, sendToPrompt: sendToPrompt, sendToTxt2img: sendToTxt2img};
+    return {start: start, sendToPrompt: sendToPrompt, sendToTxt2img: sendToTxt2img, continueFrom: continueFrom};
 })();

@@ -103,6 +103,8 @@ CASES = [
     case("name empty", "invert", "square.png", *M, "--name", "", message="--name is empty", api={"name": ""}),
     case("name taken", "invert", "square.png", *M, "--out", "taken", message="An embedding named 'square-all' already exists. Choose another --name, or pass --overwrite", process=True),
     case("name clashes in prompts", "invert", "square.png", *M, "--out", "prefix", "--text", "a green square", message="'square-all' and the existing embedding 'square' would be confused in prompts"),
+    case("start from a missing set", "invert", "square.png", *M, "--start-from", "gone-all.safetensors", message="--start-from: gone-all.safetensors not found (give a set's combined file"),
+    case("start from a plain embedding", "invert", "square.png", *M, "--start-from", "one.safetensors", message="one.safetensors was not made by a captinv caption inversion"),
     # --- invert: where things come from and go --------------------------------------------------
     case("model folder missing", "invert", "square.png", "--model", "./no-such-model", message="The model './no-such-model' was not found (no such folder or file)", process=True),
     case("model id not downloaded offline", "invert", "square.png", "--model", "someone/some-model", message="The model 'someone/some-model' is not downloaded and offline mode is set"),
@@ -124,6 +126,7 @@ CASES = [
     case("concept name taken", "perfusion", "square.png", *M, "--out", "concepts", message="An embedding named 'square' already exists", process=True),
     case("covariance cache is a file", "perfusion", "square.png", *M, "--covariance-cache", "notes.txt", message="Cannot write to notes.txt: it is a file"),
     case("option of caption inversion only", "perfusion", "square.png", *M, "--vectors-per-word", "2", message="unrecognized arguments: --vectors-per-word 2"),
+    case("continuing a set in perfusion", "perfusion", "square.png", *M, "--start-from", "one.safetensors", message="unrecognized arguments: --start-from one.safetensors"),
     # --- generate -------------------------------------------------------------------------------
     case("embedding missing", "generate", "a cat", *M, "--embedding", "nothere.safetensors", message="No such file: nothere.safetensors", process=True),
     case("embedding not safetensors", "generate", "a cat", *M, "--embedding", "garbage.safetensors", message="garbage.safetensors is not a readable safetensors file"),
@@ -371,6 +374,8 @@ def test_the_api_checks_pass_a_good_request_and_none_turns_clipping_off(world):
         ("invert", "init", "classify", "the API takes the init text as 'caption'"),
         ("perfusion", "vectors_per_word", 1, "'vectors_per_word' is a caption-inversion option"),
         ("perfusion", "init", "text", "where it comes from as 'source'"),
+        ("perfusion", "continue_from", "cat-all", "'continue_from' is a caption-inversion option"),
+        ("invert", "start_from", "/etc/passwd", "by 'continue_from' (its NAME-all), not by a path"),
     ],
 )
 def test_the_api_refuses_options_of_the_other_route_and_init(world, route, field, value, message):

@@ -20,7 +20,7 @@ def test_tab_layout_offers_every_option_with_config_defaults():
     blocks, tab = layout.build_tab({"steps": 150})
     controls = set(tab.options)
     expected = {f.name for f in dataclasses.fields(InvertConfig)} - set(layout.NOT_CONTROLS)
-    assert controls == expected | set(layout.PERFUSION_FIELDS) | {"keep_active_networks"}
+    assert controls == expected | set(layout.PERFUSION_FIELDS) | {"keep_active_networks", "continue_from"}
     assert tab.options["superclass"].value == "" and tab.options["beta"].value == PerfusionOptions().beta
     assert tab.mode.value == next(iter(layout.MODES)) and set(layout.MODES.values()) == {
         "invert",
@@ -48,10 +48,12 @@ def test_each_mode_shows_and_sends_only_its_own_options():
     assert run["value"] == "Train Perfusion concept"
     assert layout.mode_updates("Caption inversion (embeddings)")[2]["value"] == "Invert"
     values = {"steps": 5, "vectors_per_word": 2, "train_function_words": False, "beta": 0.6}
-    values |= {"superclass": "cat", "keep_active_networks": True}
+    values |= {"superclass": "cat", "keep_active_networks": True, "continue_from": "cat-all"}
     webui = {"keep_active_networks": True}
     assert layout.mode_options("invert", values) == layout.RunOptions(
-        {"steps": 5, "vectors_per_word": 2, "train_function_words": False}, {}, webui
+        {"steps": 5, "vectors_per_word": 2, "train_function_words": False},
+        {},
+        webui | {"continue_from": "cat-all"},
     )
     assert layout.mode_options("perfusion", values) == layout.RunOptions(
         {"steps": 5}, {"beta": 0.6, "superclass": "cat"}, webui

@@ -46,10 +46,6 @@ def _job(host: Host, name: str, work: Callable[[], Any]) -> Any:
     return host.run_queued(name, guarded)
 
 
-def _webui_options(request) -> WebUIOptions:
-    return WebUIOptions.from_mapping(config_values(request, WebUIOptions))
-
-
 def _check(request, route: str) -> None:
     """What can be refused before the job is queued: the source, fields of the other route."""
     _check_source(request.source)
@@ -151,9 +147,23 @@ def _routes(host: Host) -> dict[str, tuple[Callable[..., Any], type]]:
     }
 
 
+def _set_route(host: Host) -> Callable[[str], dict[str, Any]]:
+    """The tab's "continue from this embedding": a set's caption and options, by its name (only
+    embeddings in the WebUI's embeddings folder can be named)."""
+
+    def stored_set(name: str) -> dict[str, Any]:
+        try:
+            return jobs.stored_set_options(host, name)
+        except CaptinvError as err:
+            raise HTTPException(status_code=404, detail=error_detail(err)) from err
+
+    return stored_set
+
+
 def add_routes(app: FastAPI, host: Host) -> None:
     """captinv's routes: the tab's live progress always, the job routes with --api."""
     app.add_api_route("/captinv/v1/progress", lambda: jobs.live.to_dict(), methods=["GET"])
+    app.add_api_route("/captinv/v1/set", _set_route(host), methods=["GET"])
     enabled, credentials = host.api_settings()
     if not enabled:
         return

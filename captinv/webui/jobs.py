@@ -21,7 +21,9 @@ from captinv import names
 from captinv.backends.base import Vectors
 from captinv.captioning import init_source
 from captinv.config import InvertConfig, PerfusionOptions
-from captinv.errors import CaptinvError, CaptionError, ModelLoadError
+from captinv.continuing import read_set
+from captinv.embedding_io import read_embedding
+from captinv.errors import CaptinvError, CaptionError, ConfigError, ModelLoadError, option
 from captinv.hosts.base import Host
 from captinv.images import ImageSource, load_images
 from captinv.inversion import InvertResult, invert
@@ -125,10 +127,35 @@ def _prepare(
     host.check_supported()
     config = _config(host, values, source, text)
     photos = load_images(sources)
-    if not (text or "").strip():
+    if config.start_from is not None:  # a second round keeps the set's own caption
+        config = dataclasses.replace(config, text=init_source(config).describe(photos))
+    elif not (text or "").strip():
         _phase(host, "captioning the first photo")
         config = dataclasses.replace(config, text=caption(host, photos, source))
     return photos, config
+
+
+def stored_set(host: Host, name: str) -> Path:
+    """The file of the embedding `name` in the embeddings folder (any subfolder): the set a second
+    round of training continues. Only files there can be named, so a request names no other path."""
+    found = sorted(path for path in host.embeddings_dir.rglob("*.safetensors") if path.stem == name)
+    if not found:
+        raise ConfigError(
+            f"There is no embedding named '{name}' to continue from: give the name of a captinv set's "
+            "combined embedding (NAME-all).",
+            field="continue_from",
+        )
+    return found[0]
+
+
+def stored_set_options(host: Host, name: str) -> dict[str, Any]:
+    """What the tab fills in to continue the set `name`: its caption and the options it was trained
+    with (from the file's metadata)."""
+    path = stored_set(host, name)
+    stored = read_set(path)
+    metadata = read_embedding(path).metadata
+    options = {key: metadata[key] for key in ("learning_rate", "seed") if key in metadata}
+    return {"name": name, "caption": stored.caption, "steps": stored.steps, "options": options}
 
 
 def free_default_name(host: Host, stem: str, *, perfusion: bool) -> str:
@@ -175,10 +202,13 @@ def run_inversion(
     source: str = "caption",
     webui: WebUIOptions | None = None,
 ) -> tuple[InvertResult, Image.Image | None]:
+    webui = webui or WebUIOptions()
+    if webui.continue_from is not None:
+        values = values | {"start_from": str(stored_set(host, webui.continue_from))}
     photos, config = _prepare(host, sources, text, source, values)
     base = _base(name, sources)
     _phase(host, f"encoding {len(photos)} photo(s) and planning the words")
-    with host.training_backend(keep_networks=(webui or WebUIOptions()).keep_active_networks) as backend:
+    with host.training_backend(keep_networks=webui.keep_active_networks) as backend:
         resolution = config.resolution or backend.default_resolution
         result = invert(
             backend,
@@ -215,6 +245,11 @@ def run_perfusion(
 ) -> tuple[PerfusionResult, Image.Image | None]:
     """Train a concept into models/perfusion; the text-encoding covariance is estimated once per model."""
     options = PerfusionOptions.from_mapping(perfusion_values)
+    if webui is not None and webui.continue_from is not None:
+        raise ConfigError(
+            f"{option('continue_from')} continues a caption-inversion set; a Perfusion concept starts anew.",
+            field="continue_from",
+        )
     photos, config = _prepare(host, sources, text, source, values)
     base = _base(name, sources)
 

@@ -21,7 +21,7 @@ import gradio as gr
 
 from captinv.config import INVERSION_ONLY, InvertConfig, PerfusionOptions
 from captinv.errors import tab_label
-from captinv.webui.options import WebUIOptions
+from captinv.webui.options import WEBUI_INVERSION_ONLY, WebUIOptions
 
 SOURCE_CHOICES = {
     "WebUI BLIP interrogator": "webui-blip",
@@ -32,7 +32,7 @@ SOURCE_CHOICES = {
 MODES = {"Caption inversion (embeddings)": "invert", "Perfusion concept (K/V edit)": "perfusion"}
 RUN_LABELS = {"invert": "Invert", "perfusion": "Train Perfusion concept"}
 MAIN_OPTIONS = ("steps", "learning_rate", "templates")
-NOT_CONTROLS = ("init", "text", "name", "captioner", "classifier")
+NOT_CONTROLS = ("init", "text", "name", "captioner", "classifier", "start_from")
 PERFUSION_FIELDS = tuple(spec.name for spec in dataclasses.fields(PerfusionOptions))
 WEBUI_FIELDS = tuple(spec.name for spec in dataclasses.fields(WebUIOptions))
 
@@ -117,7 +117,10 @@ def mode_options(mode: str, values: dict[str, Any]) -> RunOptions:
     webui = {k: v for k, v in values.items() if k in WEBUI_FIELDS}
     common = {k: v for k, v in values.items() if k not in PERFUSION_FIELDS + WEBUI_FIELDS}
     if mode == "perfusion":
-        return RunOptions({k: v for k, v in common.items() if k not in INVERSION_ONLY}, perfusion, webui)
+        common = {k: v for k, v in common.items() if k not in INVERSION_ONLY}
+        return RunOptions(
+            common, perfusion, {k: v for k, v in webui.items() if k not in WEBUI_INVERSION_ONLY}
+        )
     return RunOptions(common, {}, webui)
 
 
@@ -137,6 +140,7 @@ def build_tab(
     """The tab; `defaults` override option defaults (from Settings), `source` the caption source."""
     values = InvertConfig().to_dict() | (defaults or {})
     specs = {spec.name: spec for spec in dataclasses.fields(InvertConfig)}
+    webui_specs = {spec.name: spec for spec in dataclasses.fields(WebUIOptions)}
     with gr.Blocks(analytics_enabled=False) as blocks:
         task_id = gr.Textbox(visible=False, elem_id="captinv_task_id")
         with gr.Row():
@@ -176,9 +180,13 @@ def build_tab(
                             components.options[key] = option_control(spec, values[key])
                     with gr.Group(elem_id="captinv_inversion_options") as components.inversion_group:
                         for key in INVERSION_ONLY:
-                            components.options[key] = option_control(specs[key], values[key])
-                    for spec in dataclasses.fields(WebUIOptions):
-                        components.options[spec.name] = option_control(spec, spec.default, WebUIOptions)
+                            if key not in NOT_CONTROLS:
+                                components.options[key] = option_control(specs[key], values[key])
+                        for key in WEBUI_INVERSION_ONLY:
+                            components.options[key] = option_control(webui_specs[key], None, WebUIOptions)
+                    for key, spec in webui_specs.items():
+                        if key not in WEBUI_INVERSION_ONLY:
+                            components.options[key] = option_control(spec, spec.default, WebUIOptions)
                 with gr.Group(visible=False, elem_id="captinv_perfusion") as components.perfusion_group:
                     gr.Markdown(
                         "One concept word whose keys are locked to its superclass; use it in txt2img as "

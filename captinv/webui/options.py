@@ -16,3 +16,14 @@ class WebUIOptions(_Options):
         "against the selected checkpoint alone (what the embedding will be used with in general). "
         "Recorded in the files.",
     )
+    continue_from: str | None = _opt(
+        None,
+        "Train a captinv set further: the name of its combined embedding (NAME-all, as on its Extra "
+        "Networks card). Its caption and vectors are the start, not a new caption; the new set needs a "
+        "name of its own (or Overwrite).",
+        none="a new set",
+    )
+
+
+WEBUI_INVERSION_ONLY = ("continue_from",)
+"""WebUI options of caption inversion only (as `config.INVERSION_ONLY`)."""

@@ -17,12 +17,12 @@ from pydantic import BaseModel, Field, create_model
 
 from captinv.config import INVERSION_ONLY, InvertConfig, PerfusionOptions
 from captinv.errors import CaptinvError, ConfigError, ImageError, api_field
-from captinv.webui.options import WebUIOptions
+from captinv.webui.options import WEBUI_INVERSION_ONLY, WebUIOptions
 
 # Options a request may not set: server-side paths and model locations (settings decide them; a
-# request never names a file on the server), the init text (`caption`) and its source (`source`),
+# request never names a file on the server: a set to continue is named by `continue_from`), the init text (`caption`) and its source (`source`),
 # which have fields of their own.
-SERVER_ONLY = ("captioner", "classifier", "covariance_captions", "text", "init")
+SERVER_ONLY = ("captioner", "classifier", "covariance_captions", "start_from", "text", "init")
 SOURCES = ("caption", "webui-blip", "classify", "text")
 
 
@@ -70,10 +70,13 @@ _PERFUSION_ONLY = {
     for spec in dataclasses.fields(PerfusionOptions)
 }
 _INVERSION_ONLY = {
-    name: "a caption-inversion option; send it to /captinv/v1/invert." for name in INVERSION_ONLY
+    name: "a caption-inversion option; send it to /captinv/v1/invert."
+    for name in INVERSION_ONLY + WEBUI_INVERSION_ONLY
+    if name not in SERVER_ONLY
 }
 _INIT = {"init": "the API takes the init text as 'caption' and where it comes from as 'source'."}
-REFUSED = {"invert": _PERFUSION_ONLY | _INIT, "perfusion": _INVERSION_ONLY | _INIT}
+_PATH = {"start_from": "the API names the set to continue by 'continue_from' (its NAME-all), not by a path."}
+REFUSED = {"invert": _PERFUSION_ONLY | _INIT | _PATH, "perfusion": _INVERSION_ONLY | _INIT | _PATH}
 """Per route, the fields it refuses and why."""
 
 
@@ -109,12 +112,11 @@ _REQUEST_FIELDS: dict[str, Any] = {
         Field("caption", description=f"Where a missing caption comes from: {', '.join(SOURCES)}."),
     ),
 }
-_WEBUI_FIELDS = _optional_fields(WebUIOptions)
 InvertRequest = create_model(
     "InvertRequest",
     **_REQUEST_FIELDS,
     **_optional_fields(),
-    **_WEBUI_FIELDS,
+    **_optional_fields(WebUIOptions),
     **_refused_fields(REFUSED["invert"]),
 )
 PerfusionRequest = create_model(
@@ -122,7 +124,7 @@ PerfusionRequest = create_model(
     **_REQUEST_FIELDS,
     **_optional_fields(skip=INVERSION_ONLY),
     **_optional_fields(PerfusionOptions),
-    **_WEBUI_FIELDS,
+    **_optional_fields(WebUIOptions, skip=WEBUI_INVERSION_ONLY),
     **_refused_fields(REFUSED["perfusion"]),
 )
 

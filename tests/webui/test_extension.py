@@ -115,6 +115,41 @@ def test_an_empty_name_twice_gives_two_sets_named_after_the_file(server):
     assert run_folder(server, "garden-cat").is_dir() and run_folder(server, "garden-cat-2").is_dir()
 
 
+def _vectors(path) -> dict:
+    with safe_open(str(path), "pt") as handle:
+        return {key: handle.get_tensor(key) for key in handle.keys()}
+
+
+def test_continue_from_this_embedding_starts_from_the_stored_vectors(server):
+    """A second round of a set (the card's "continue from this embedding"): the tab reads the set's
+    caption and options back, and training starts from the stored vectors, not from the caption's
+    token rows: a step too small to move them leaves exactly the first round's vectors."""
+    assert invert(server, "round-one", learning_rate=0.05)[0] == 200
+    status, stored = server.call("/captinv/v1/set?name=round-one-all")
+    assert (
+        status == 200 and stored["caption"] == "a tabby cat" and stored["options"]["learning_rate"] == "0.05"
+    )
+    status, body = invert(
+        server, "round-two", caption=None, continue_from="round-one-all", learning_rate=1e-12
+    )
+    assert status == 200, body
+    assert body["caption"] == "a tabby cat"
+    first, second = run_folder(server, "round-one"), run_folder(server, "round-two")
+    for old, new in zip(sorted(first.glob("*.safetensors")), sorted(second.glob("*.safetensors"))):
+        assert new.name == old.name.replace("round-one", "round-two")
+        assert _vectors(new).keys() == _vectors(old).keys()
+        for key, value in _vectors(old).items():
+            assert (_vectors(new)[key] - value).abs().max() < 1e-6, new.name
+    untrained = invert(server, "round-zero", learning_rate=1e-12)[0] == 200
+    assert untrained
+    zero = _vectors(run_folder(server, "round-zero") / "round-zero-all.safetensors")
+    one = _vectors(first / "round-one-all.safetensors")
+    assert any((zero[key] - one[key]).abs().max() > 1e-4 for key in one)  # the first round did train
+    with safe_open(str(second / "round-two-all.safetensors"), "pt") as handle:
+        assert handle.metadata()["continued_from"] == "round-one-all.safetensors"
+    assert server.call("/captinv/v1/set?name=nothing-all")[0] == 404
+
+
 def test_perfusion_concepts_apply_with_their_tag_and_only_then(server):
     prompt = "a photo of a tabby kitty and a puss"
     stock = txt2img(server, prompt)
