@@ -64,15 +64,20 @@ def test_bad_input_gets_a_4xx_with_a_message(server):
 
 
 def _stopped_run(server, name: str, endpoint: str) -> tuple[int, dict]:
-    """A 5000-step run (no auto-stop), stopped through `endpoint` once it has trained two steps."""
+    """A 5000-step run (no auto-stop), stopped through `endpoint` once it has trained two steps.
+
+    The WebUI's progress keeps the last job's state until the next job begins, so the run's own
+    job is told apart by its start time: a stop sent on the last run's step count would reach the
+    WebUI before this run begins, and be cleared by its start."""
     outcome = {}
+    before = server.call("/sdapi/v1/progress")[1].get("state", {}).get("job_timestamp")
     run = lambda: outcome.update(answer=invert(server, name, steps=5000, auto_stop=False))  # noqa: E731
     worker = threading.Thread(target=run)
     worker.start()
     deadline = time.monotonic() + 600  # SDXL on a CPU spends minutes before its first step
     while time.monotonic() < deadline:
-        progress = server.call("/sdapi/v1/progress")[1]
-        if progress.get("state", {}).get("job_no", 0) >= 2:
+        state = server.call("/sdapi/v1/progress")[1].get("state", {})
+        if state.get("job_timestamp") != before and state.get("job_no", 0) >= 2:
             break
         time.sleep(0.5)
     server.call(endpoint, {})
