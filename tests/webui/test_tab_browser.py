@@ -15,6 +15,7 @@ import threading
 import time
 
 import pytest
+from safetensors import safe_open
 
 from tests.webui.calls import invert, run_folder
 from tests.webui.photo import chelsea, chelsea_b64
@@ -246,3 +247,37 @@ def test_refreshing_the_embedding_list_during_a_run_changes_nothing(server, page
     status, hit = outcome["answer"]
     assert status == 200, hit
     assert hit["losses"] == plain["losses"]
+
+
+def test_continue_from_a_card_opens_the_set_in_the_tab(server, page, tmp_path):
+    """The ↻ button on a captinv set's Extra Networks card opens the set in the tab (caption and
+    options from its file, Continue from set), and a run from there is a second round of it (that
+    its vectors start from the file: test_extension's API test)."""
+    assert invert(server, "card-round", learning_rate=0.02, seed=5)[0] == 200
+    page.goto(server.url, timeout=120_000)
+    page.locator("#txt2img_extra_tabs button", has_text="Textual Inversion").first.click()
+    page.click("#txt2img_textual_inversion_extra_refresh")
+    card = page.locator('#txt2img_textual_inversion_cards_html .card[data-name="card-round-all"]')
+    card.wait_for(timeout=60_000)
+    card.hover()
+    card.locator(".captinv-continue").click()
+    sync_api.expect(page.locator("#captinv_continue_from textarea")).to_have_value("card-round-all")
+    sync_api.expect(page.locator("#captinv_caption textarea")).to_have_value("a tabby cat")
+    sync_api.expect(page.locator("#captinv_learning_rate input[type=number]")).to_have_value("0.02")
+    sync_api.expect(page.locator("#captinv_seed input[type=number]")).to_have_value("5")
+    page.screenshot(path=str(tmp_path / "captinv-continue.png"), full_page=True)
+    print(f"screenshot: {tmp_path / 'captinv-continue.png'}")
+    # a word card is one word of a set: no button
+    assert page.locator('.card[data-name="card-round-w02-tabby"] .captinv-continue').count() == 0
+
+    photo = tmp_path / "Round.png"
+    chelsea().save(photo)
+    _drop(page, photo)
+    page.fill("#captinv_name textarea", "card-round-2")
+    page.fill("#captinv_steps input[type=number]", "2")
+    page.locator("#captinv_steps input[type=number]").press("Enter")
+    page.fill("#captinv_resolution input", "64")
+    page.locator("#captinv_resolution input").press("Enter")
+    _run_and_wait(page, tmp_path, "captinv-continued.png")
+    with safe_open(str(run_folder(server, "card-round-2") / "card-round-2-all.safetensors"), "pt") as handle:
+        assert handle.metadata()["continued_from"] == "card-round-all.safetensors"
