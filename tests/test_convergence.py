@@ -28,7 +28,7 @@ SEEDS = [0, 1]
 MODES = ["caption", "star"]
 # How much reconstruction auto-stop may give up against the fixed run, mean over one mode's runs:
 # twice what `python -m bench.time_to_quality` measured for `*` (0.05 ± 0.05 over 15 runs, 8 images per
-# rating; caption: none), about one standard error of this test's own 6 runs rated with 3 images.
+# rating; caption: none), a margin for this test's noisier ratings (6 runs, 3 images each).
 AUTO_STOP_TOLERANCE = 0.1
 
 pytestmark = pytest.mark.slow
