@@ -143,6 +143,11 @@ var captinv = (function() {
                 setControl('captinv_' + key, set.options[key]);
             });
             openTab();
+            // show Continue from: it sits under Advanced
+            var advanced = gradioApp().querySelector('#captinv_advanced > .label-wrap');
+            if (advanced && !advanced.classList.contains('open')) {
+                advanced.click();
+            }
         });
     }
 

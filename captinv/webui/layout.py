@@ -174,7 +174,7 @@ def build_tab(
                 components.mode = gr.Radio(
                     choices=list(MODES), value=next(iter(MODES)), label="Train", elem_id="captinv_mode"
                 )
-                with gr.Accordion("Advanced", open=False):
+                with gr.Accordion("Advanced", open=False, elem_id="captinv_advanced"):
                     for key, spec in specs.items():
                         if key not in MAIN_OPTIONS + NOT_CONTROLS + INVERSION_ONLY:
                             components.options[key] = option_control(spec, values[key])

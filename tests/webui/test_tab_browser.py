@@ -265,6 +265,7 @@ def test_continue_from_a_card_opens_the_set_in_the_tab(server, page, tmp_path):
     sync_api.expect(page.locator("#captinv_caption textarea")).to_have_value("a tabby cat")
     sync_api.expect(page.locator("#captinv_learning_rate input[type=number]")).to_have_value("0.02")
     sync_api.expect(page.locator("#captinv_seed input[type=number]")).to_have_value("5")
+    sync_api.expect(page.locator("#captinv_continue_from textarea")).to_be_visible()  # Advanced opened
     page.screenshot(path=str(tmp_path / "captinv-continue.png"), full_page=True)
     print(f"screenshot: {tmp_path / 'captinv-continue.png'}")
     # a word card is one word of a set: no button
