@@ -47,9 +47,9 @@ def _open_the_tab(page, server) -> None:
 
 def _drop(page, *photos) -> None:
     """Drop the photos and wait until the tab shows them (the upload is read before a run can send
-    it). In a whole-tier run a drop made right after the page loads was sometimes lost by gradio
-    (the file box empty, no change event; alone the same test passes): the test then drops again,
-    as a person would, at most twice more."""
+    it). In whole-tier runs a drop sometimes never reached the gallery (none after a minute; the
+    same tests alone pass, cause not found): the test then drops again, as a person would, at most
+    twice more."""
     gallery = page.locator("#captinv_gallery img")
     for _ in range(3):
         page.set_input_files("#captinv_images input[type=file]", [str(photo) for photo in photos])
