@@ -12,6 +12,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from captinv import names
 from captinv.backends.base import ModelBackend, Vectors
@@ -29,17 +30,11 @@ class StoredSet:
     caption: str
     vectors: Vectors
     steps: int
-    vectors_per_word: int | None
-    train_function_words: bool
+    planning: dict[str, Any]  # the planning options the file records (files before 0.1 record none)
 
     def planned_like(self, config: InvertConfig) -> InvertConfig:
         """`config` with the planning options of the stored run, so the words split as they did."""
-        return dataclasses.replace(
-            config,
-            text=self.caption,
-            vectors_per_word=self.vectors_per_word,
-            train_function_words=self.train_function_words,
-        )
+        return dataclasses.replace(config, text=self.caption, **self.planning)
 
 
 def read_set(path: str | Path) -> StoredSet:
@@ -62,15 +57,14 @@ def read_set(path: str | Path) -> StoredSet:
             f"(the name ending in {names.combined_name('')}).",
             field="start_from",
         )
-    per_word = meta.get("vectors_per_word", "none")
-    return StoredSet(
-        path=path,
-        caption=meta["caption"],
-        vectors=stored.vectors,
-        steps=int(meta.get("steps", "0") or 0),
-        vectors_per_word=None if per_word == "none" else int(per_word),
-        train_function_words=json.loads(meta.get("train_function_words", "true")),
-    )
+    planning: dict[str, Any] = {}
+    if "vectors_per_word" in meta:
+        planning["vectors_per_word"] = (
+            None if meta["vectors_per_word"] == "none" else int(meta["vectors_per_word"])
+        )
+    if "train_function_words" in meta:
+        planning["train_function_words"] = json.loads(meta["train_function_words"])
+    return StoredSet(path, meta["caption"], stored.vectors, int(meta.get("steps", "0") or 0), planning)
 
 
 def check_text(stored: StoredSet, text: str | None) -> None:
@@ -90,7 +84,8 @@ def start_from_stored(plan: WordPlan, stored: StoredSet, backend: ModelBackend) 
     if rows != plan.vector_count:
         raise FileFormatError(
             f"{stored.path.name} holds {rows} vectors but its caption plans to {plan.vector_count} on this "
-            "model: it was made with another tokenizer or changed by hand."
+            f"model: set {option('vectors_per_word')} and {option('train_function_words')} as the set was made "
+            "(files of earlier versions do not record them), or it was made for another tokenizer."
         )
     words, start = [], 0
     for word in plan.words:

@@ -111,3 +111,20 @@ def test_a_set_made_for_another_model_family_is_refused(sdxl, chelsea, first_set
     config = text_config(text=None, init="caption", start_from=str(_combined(first_set)))
     with pytest.raises(CaptinvError, match="another model family"):
         prepare(sdxl, CAPTION, "again", config, tmp_path)
+
+
+def test_a_set_that_does_not_record_its_planning_takes_it_from_the_options(sd1, tmp_path):
+    """Sets written before the planning options were recorded: the run's own options split the
+    vectors, and a split that does not fit is refused with what to set."""
+    from safetensors.torch import save_file
+
+    width = sd1.encoders[0].width
+    old = tmp_path / "old-all.safetensors"  # "a tabby cat" with two vectors per word, as --vectors-per-word 2
+    metadata = {"format": "captinv", "caption": "a tabby cat", "name": "old-all", "steps": "50"}
+    save_file({"emb_params": torch.randn(6, width)}, old, metadata=metadata)
+    config = text_config(text=None, init="caption", start_from=str(old))
+    with pytest.raises(FileFormatError, match="holds 6 vectors but its caption plans to 3"):
+        prepare(sd1, "a tabby cat", "again", config, tmp_path / "a")
+    right = text_config(text=None, init="caption", start_from=str(old), vectors_per_word=2)
+    plan = prepare(sd1, "a tabby cat", "again", right, tmp_path / "b")
+    assert [word.init["emb_params"].shape[0] for word in plan.trainable] == [2, 2, 2]
