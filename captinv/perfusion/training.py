@@ -158,12 +158,21 @@ def _plain_sentence(plan: WordPlan) -> str:
 
 
 @torch.no_grad()
+def probe_nudge(rows: torch.Tensor) -> torch.Tensor:
+    """±1e-2 in alternating components: a direction of mean zero, which layer norms keep."""
+    signs = torch.ones(rows.shape[-1], dtype=rows.dtype, device=rows.device)
+    signs[1::2] = -1
+    return 1e-2 * signs.expand_as(rows)
+
+
 def concept_position(backend: ModelBackend, prompt: str, name: str, rows: dict[str, torch.Tensor]) -> int:
     """Index of the concept's encoding in `prompt`: the first one that moves when its vector moves.
 
-    The nudge is small: a shift of a whole unit drives the WebUI's SD2 (OpenCLIP) text path to
-    NaN in half the positions, which then never count as moved."""
-    moved = {key: value + 1e-2 for key, value in rows.items()}
+    The nudge is small (a shift of a whole unit drives the WebUI's SD2 (OpenCLIP) text path to NaN
+    in half the positions, which then never count as moved) and of mean zero: the text encoders'
+    layer norms subtract each row's mean, so a shift of every component by the same amount never
+    reaches the output (A1111's SD2 path showed no change at all)."""
+    moved = {key: value + probe_nudge(value) for key, value in rows.items()}
     with torch.no_grad():
         first = backend.context(backend.conditioning([prompt], {name: rows}))[0].float()
         second = backend.context(backend.conditioning([prompt], {name: moved}))[0].float()

@@ -21,6 +21,7 @@ from captinv.perfusion.training import (
     concept_position,
     default_superclass,
     plan_concept,
+    probe_nudge,
     train_concept,
 )
 from captinv.trainer import Callbacks
@@ -67,6 +68,23 @@ def test_the_probed_position_is_where_the_tokenizer_puts_the_concept(sd1):
     prompt = "a photo of a tabby kitty on a table"
     expected = 1 + sd1.count_tokens("a photo of a tabby")  # BOS first
     assert concept_position(sd1, prompt, "kitty", rows) == expected
+
+
+def test_the_probe_moves_the_concept_encoding_through_the_layer_norms(sd1):
+    """The text encoder's layer norms remove a shift of every component by one amount (the old
+    probe's nudge: on A1111's SD2 path it moved nothing at all); the probe's nudge must move the
+    concept's encoding by far more than rounding."""
+    rows = sd1.token_rows(sd1.tokenize("cat"))
+    prompt, position = "a photo of a kitty", 1 + sd1.count_tokens("a photo of a")
+
+    def encoding(vectors):
+        with torch.no_grad():
+            return sd1.context(sd1.conditioning([prompt], {"kitty": vectors}))[0, position].float()
+
+    base = encoding(rows)
+    uniform = (encoding({k: v + 1e-2 for k, v in rows.items()}) - base).abs().max()
+    probed = (encoding({k: v + probe_nudge(v) for k, v in rows.items()}) - base).abs().max()
+    assert probed > 1e-4 and probed > 100 * uniform, (probed, uniform)
 
 
 def test_the_covariance_is_cached_per_text_path(sd1, tmp_path):
