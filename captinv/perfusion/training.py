@@ -157,7 +157,6 @@ def _plain_sentence(plan: WordPlan) -> str:
     return " ".join(word.text for word in plan.words)
 
 
-@torch.no_grad()
 def probe_nudge(rows: torch.Tensor) -> torch.Tensor:
     """±1e-2 in alternating components: a direction of mean zero, which layer norms keep."""
     signs = torch.ones(rows.shape[-1], dtype=rows.dtype, device=rows.device)
@@ -165,6 +164,7 @@ def probe_nudge(rows: torch.Tensor) -> torch.Tensor:
     return 1e-2 * signs.expand_as(rows)
 
 
+@torch.no_grad()
 def concept_position(backend: ModelBackend, prompt: str, name: str, rows: dict[str, torch.Tensor]) -> int:
     """Index of the concept's encoding in `prompt`: the first one that moves when its vector moves.
 
