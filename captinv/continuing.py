@@ -29,8 +29,12 @@ class StoredSet:
     path: Path
     caption: str
     vectors: Vectors
-    steps: int
+    metadata: dict[str, str]
     planning: dict[str, Any]  # the planning options the file records (files before 0.1 record none)
+
+    @property
+    def steps(self) -> int:
+        return int(self.metadata.get("steps", "0") or 0)
 
     def planned_like(self, config: InvertConfig) -> InvertConfig:
         """`config` with the planning options of the stored run, so the words split as they did."""
@@ -64,7 +68,7 @@ def read_set(path: str | Path) -> StoredSet:
         )
     if "train_function_words" in meta:
         planning["train_function_words"] = json.loads(meta["train_function_words"])
-    return StoredSet(path, meta["caption"], stored.vectors, int(meta.get("steps", "0") or 0), planning)
+    return StoredSet(path, meta["caption"], stored.vectors, meta, planning)
 
 
 def check_text(stored: StoredSet, text: str | None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from captinv.captioning import init_source
 from captinv.embedding_io import read_embedding
@@ -89,8 +90,6 @@ def test_a_continued_set_records_where_it_came_from(sd1, chelsea, first_set, tmp
     ],
 )
 def test_a_file_that_cannot_be_continued_is_refused_before_the_model(first_set, tmp_path, case, error, words):
-    from safetensors.torch import save_file
-
     foreign = tmp_path / "foreign.safetensors"
     save_file({"emb_params": torch.zeros(2, 32)}, foreign)
     start = {
@@ -116,8 +115,6 @@ def test_a_set_made_for_another_model_family_is_refused(sdxl, chelsea, first_set
 def test_a_set_that_does_not_record_its_planning_takes_it_from_the_options(sd1, tmp_path):
     """Sets written before the planning options were recorded: the run's own options split the
     vectors, and a split that does not fit is refused with what to set."""
-    from safetensors.torch import save_file
-
     width = sd1.encoders[0].width
     old = tmp_path / "old-all.safetensors"  # "a tabby cat" with two vectors per word, as --vectors-per-word 2
     metadata = {"format": "captinv", "caption": "a tabby cat", "name": "old-all", "steps": "50"}

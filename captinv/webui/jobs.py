@@ -22,7 +22,6 @@ from captinv.backends.base import Vectors
 from captinv.captioning import init_source
 from captinv.config import InvertConfig, PerfusionOptions
 from captinv.continuing import read_set
-from captinv.embedding_io import read_embedding
 from captinv.errors import CaptinvError, CaptionError, ConfigError, ModelLoadError, option
 from captinv.hosts.base import Host
 from captinv.images import ImageSource, load_images
@@ -151,10 +150,8 @@ def stored_set(host: Host, name: str) -> Path:
 def stored_set_options(host: Host, name: str) -> dict[str, Any]:
     """What the tab fills in to continue the set `name`: its caption and the options it was trained
     with (from the file's metadata)."""
-    path = stored_set(host, name)
-    stored = read_set(path)
-    metadata = read_embedding(path).metadata
-    options = {key: metadata[key] for key in ("learning_rate", "seed") if key in metadata}
+    stored = read_set(stored_set(host, name))
+    options = {key: stored.metadata[key] for key in ("learning_rate", "seed") if key in stored.metadata}
     return {"name": name, "caption": stored.caption, "steps": stored.steps, "options": options}
 
 

@@ -20,8 +20,8 @@ from captinv.errors import CaptinvError, ConfigError, ImageError, api_field
 from captinv.webui.options import WEBUI_INVERSION_ONLY, WebUIOptions
 
 # Options a request may not set: server-side paths and model locations (settings decide them; a
-# request never names a file on the server: a set to continue is named by `continue_from`), the init text (`caption`) and its source (`source`),
-# which have fields of their own.
+# request never names a file on the server: a set to continue is named by `continue_from`), the
+# init text (`caption`) and its source (`source`), which have fields of their own.
 SERVER_ONLY = ("captioner", "classifier", "covariance_captions", "start_from", "text", "init")
 SOURCES = ("caption", "webui-blip", "classify", "text")
 
