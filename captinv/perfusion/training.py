@@ -168,14 +168,19 @@ def probe_nudge(rows: torch.Tensor) -> torch.Tensor:
 def concept_position(backend: ModelBackend, prompt: str, name: str, rows: dict[str, torch.Tensor]) -> int:
     """Index of the concept's encoding in `prompt`: the first one that moves when its vector moves.
 
-    The nudge is small (a shift of a whole unit drives the WebUI's SD2 (OpenCLIP) text path to NaN
-    in half the positions, which then never count as moved) and of mean zero: the text encoders'
-    layer norms subtract each row's mean, so a shift of every component by the same amount never
-    reaches the output (A1111's SD2 path showed no change at all)."""
+    The nudge is small and of mean zero: the text encoders' layer norms subtract each row's mean,
+    so a shift of every component by the same amount never reaches the output (A1111's SD2 path
+    showed no change at all)."""
     moved = {key: value + probe_nudge(value) for key, value in rows.items()}
     with torch.no_grad():
         first = backend.context(backend.conditioning([prompt], {name: rows}))[0].float()
         second = backend.context(backend.conditioning([prompt], {name: moved}))[0].float()
+    if not (first.isfinite().all() and second.isfinite().all()):
+        # NaN compares unequal to nothing, so the search below would blame the concept instead.
+        raise PerfusionError(
+            f"The text encoder gives NaN or infinite values for {prompt!r} with the concept '{name}' in it "
+            "(a text encoder in half precision, or a broken checkpoint)."
+        )
     changed = torch.nonzero((first - second).abs().amax(dim=-1) > 0).flatten()
     if changed.numel() == 0:
         raise PerfusionError(f"The concept '{name}' does not reach the text encoding of {prompt!r}.")

@@ -12,6 +12,7 @@ from captinv.errors import Interrupted, NameTakenError
 from captinv.latents import build_latent_cache
 from captinv.perfusion import editing
 from captinv.perfusion.concept import PerfusionConcept
+from captinv.perfusion.errors import PerfusionError
 from captinv.perfusion.covariance import CovarianceCache
 from captinv.perfusion.layers import cross_attention_layers
 from captinv.perfusion.selectivity import GateSelectivity
@@ -68,6 +69,12 @@ def test_the_probed_position_is_where_the_tokenizer_puts_the_concept(sd1):
     prompt = "a photo of a tabby kitty on a table"
     expected = 1 + sd1.count_tokens("a photo of a tabby")  # BOS first
     assert concept_position(sd1, prompt, "kitty", rows) == expected
+
+
+def test_a_non_finite_encoding_is_named_as_such_not_as_a_missing_concept(sd1):
+    rows = {"emb_params": torch.full((1, sd1.encoders[0].width), float("inf"))}
+    with pytest.raises(PerfusionError, match="NaN or infinite values for 'a photo of a kitty'"):
+        concept_position(sd1, "a photo of a kitty", "kitty", rows)
 
 
 def test_the_probe_moves_the_concept_encoding_through_the_layer_norms(sd1):

@@ -7,7 +7,10 @@ Runs with the WebUI's own Python (it imports ldm/sgm from the WebUI's repositori
 The yaml is the WebUI's own inference config with small widths (a `<checkpoint>.yaml` beside
 a checkpoint is what the WebUI loads it with); `--full` keeps SD1's real sizes, for timing.
 Layers ldm initialises to zero get small random values and normalisation layers non-trivial
-ones, or prompts and embeddings would change nothing. The CLIP-L text encoder is built from the
+ones, or prompts and embeddings would change nothing. That includes open_clip's `ln_*` layers:
+with ln_final's bias at zero every row of SD2's encoding has mean zero, and A1111's emphasis
+(which rescales by old mean / new mean) turns a whole encoding into NaN whenever that mean
+rounds to exactly 0 (0/0), which no trained checkpoint does. The CLIP-L text encoder is built from the
 Hugging Face cache the caller prepared (`prepare_clip_cache`), so its width (768) and tokenizer
 are the real ones. For SDXL and SD2 (v-prediction, 768), tiny open_clip text model configs of
 the real widths are registered in the WebUI venv's open_clip package (`captinv-tiny-bigG.json`,
@@ -89,7 +92,7 @@ def _randomise(model: torch.nn.Module, generator: torch.Generator) -> None:
         for name, parameter in model.named_parameters():
             if parameter.dim() >= 2 and parameter.abs().sum() == 0:  # ldm's zero_module layers
                 parameter.normal_(0.0, 0.02, generator=generator)
-            elif "norm" in name and parameter.dim() == 1:
+            elif ("norm" in name or ".ln_" in name) and parameter.dim() == 1:
                 base = 1.0 if name.endswith("weight") else 0.0
                 parameter.copy_(base + 0.1 * torch.randn(parameter.shape, generator=generator))
 
