@@ -46,6 +46,7 @@ _NOISE = re.compile(
             r"disabled the safety checker",
             r"Failed to load image Python extension",
             r"torchvision",
+            r"Using a slow image processor",
         )
     )
 )
@@ -224,9 +225,11 @@ def _quiet_libraries(args: argparse.Namespace) -> None:
     from transformers.utils import logging as transformers_logging
 
     diffusers_logging.disable_progress_bar()
-    # The libraries' own root handlers, and ours: transformers propagates its records to the root
-    # logger when the environment variable CI is set.
+    # The libraries' own root handlers, and ours. transformers also hands its records to the root
+    # logger when the environment variable CI is set, which printed each of its warnings twice.
     loggers = [library.get_logger() for library in (diffusers_logging, transformers_logging)]
+    for logger in loggers:
+        logger.propagate = False
     for handler in [handler for logger in (*loggers, logging.getLogger()) for handler in logger.handlers]:
         handler.addFilter(_DropNoise())
     warnings.filterwarnings("ignore", message=_NOISE.pattern)
@@ -256,17 +259,13 @@ def _init_text(args: argparse.Namespace, config: InvertConfig, images, device: A
     return source.describe(images)
 
 
-def _show_init_text(config: InvertConfig, text: str) -> None:
-    """Say which text the run starts from, unless the user typed it (once the checks passed)."""
-    if config.text is None:
-        print(f"init text: {text}", file=sys.stderr)
-
-
 @contextmanager
 def _progress(total: int, backend, config: InvertConfig, text: str) -> Iterator[Callbacks]:
     """A bar that appears with the first step, so a run refused before training shows none, and is
-    closed however (and whenever: auto-stop) the run ends; above it, what was loaded and whether
-    the photos are flipped.
+    closed however (and whenever: auto-stop) the run ends; above it, the text the run starts from
+    (unless the user typed it), what was loaded and whether the photos are flipped. Printed only
+    then: the checks that need the model's tokenizer (names confused in prompts) come first, and a
+    refused run says one line.
 
     Once training has begun, a first Ctrl-C stops after the current step and saves what was
     learned (the files say how many steps); a second one cancels and writes nothing. Before the
@@ -293,6 +292,8 @@ def _progress(total: int, backend, config: InvertConfig, text: str) -> Iterator[
 
     def update(progress) -> None:
         if not bars:
+            if config.text is None:
+                print(f"init text: {text}", file=sys.stderr)
             print(f"model: {backend.describe()}", file=sys.stderr)
             print(choose_flip(config.flip, text).describe(), file=sys.stderr)
             bars.append(tqdm(total=total, unit="step", dynamic_ncols=True))
@@ -342,7 +343,6 @@ def _invert(args: argparse.Namespace, written: _Written) -> None:
     locate_model(args.model)
     text = _init_text(args, config, images, device, args.images[0])
     check_inputs(text, base, config, args.out)
-    _show_init_text(config, text)
     backend = _load_backend(args, device, config.mixed_precision)
     with _progress(config.steps, backend, config, text) as callbacks:
         result = invert(backend, images, text, config, args.out, base=base, callbacks=callbacks)
@@ -383,7 +383,6 @@ def _perfusion(args: argparse.Namespace, written: _Written) -> None:
     files.check_folder(args.covariance_cache)
     text = _init_text(args, config, images, device, args.images[0])
     check_concept_inputs(text, name, config, options, args.out)
-    _show_init_text(config, text)
     backend = _load_backend(args, device, config.mixed_precision)
     with _progress(config.steps, backend, config, text) as callbacks:
         result = train_concept(
@@ -394,7 +393,7 @@ def _perfusion(args: argparse.Namespace, written: _Written) -> None:
             options,
             args.out,
             name=name,
-            covariance=lambda: _estimate_covariance(backend, options, args.covariance_cache),
+            covariance=lambda: _estimate_covariance(backend, options, args.covariance_cache, written),
             callbacks=callbacks,
         )
     print(result.stop_summary(), file=sys.stderr)
@@ -417,13 +416,18 @@ def _perfusion(args: argparse.Namespace, written: _Written) -> None:
         _preview(args, written, result.name, render)
 
 
-def _estimate_covariance(backend, options: PerfusionOptions, cache: Path):
-    """The text-encoding covariance (cached per model and corpus), with a progress bar while estimated."""
+def _estimate_covariance(backend, options: PerfusionOptions, folder: Path, written: _Written):
+    """The text-encoding covariance (cached per model and corpus), with a progress bar while estimated;
+    a newly cached estimate is among the files an interrupt message names."""
     from captinv.perfusion.covariance import CovarianceCache
     from captinv.perfusion.training import text_covariance
 
-    with _covariance_bar() as progress:
-        return text_covariance(backend, options, CovarianceCache(cache), progress=progress)
+    cache = CovarianceCache(folder)
+    try:
+        with _covariance_bar() as progress:
+            return text_covariance(backend, options, cache, progress=progress)
+    finally:
+        written.paths += cache.saved
 
 
 @contextmanager

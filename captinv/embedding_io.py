@@ -24,6 +24,9 @@ from captinv.errors import CaptinvError, FileFormatError
 
 SDXL_KEYS = frozenset({"clip_l", "clip_g"})
 PERFUSION_FORMAT = "captinv.perfusion"
+COVARIANCE_FORMAT = "captinv.perfusion.covariance"
+# What a file torch.load can read starts with: a zip archive (torch.save) or a pickle (protocol 2+).
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
 
 
 @dataclass
@@ -62,6 +65,10 @@ def _check_safetensors(path: Path):
                 f"{path.name} is a Perfusion concept, not an embedding; use it as a concept "
                 "(generate --concept, or its <perfusion:...> tag)."
             )
+        if metadata.get("format") == COVARIANCE_FORMAT:
+            raise FileFormatError(
+                f"{path.name} is Perfusion's cached text-encoding covariance, not an embedding."
+            )
         _layout_keys(keys, path)
 
     return check
@@ -96,6 +103,11 @@ def read_embedding(path: Path) -> EmbeddingFile:
     else:
         if not path.is_file():
             raise FileFormatError(f"No such file: {path}" if not path.exists() else f"{path} is a folder.")
+        with path.open("rb") as file:
+            if not file.read(4).startswith(_TORCH_MAGIC):
+                raise FileFormatError(
+                    f"{path.name} is not an embedding file; give a .safetensors, .pt or .bin embedding."
+                )
         try:
             with warnings.catch_warnings():  # torch's notes on pickle protocols: noise before a refusal
                 warnings.simplefilter("ignore", UserWarning)

@@ -13,15 +13,16 @@ from __future__ import annotations
 import functools
 import os
 import re
-import socket
+import threading
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from captinv.errors import ModelLoadError
 
-HUB_TIMEOUT = 3.0  # seconds to wait for the hub to answer a connection
+HUB_TIMEOUT = 3.0  # seconds to wait for the hub to answer
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 _FILE_SUFFIXES = (".safetensors", ".ckpt", ".bin", ".pt", ".pth")
 
@@ -54,19 +55,33 @@ def _offline_setting() -> bool:
 
 
 def hub_reachable() -> bool:
-    """Whether the hub (or `HF_ENDPOINT`) accepts a connection, unless offline mode is set."""
-    return not _offline_setting() and _connects(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    """Whether the hub (or `HF_ENDPOINT`) answers, unless offline mode is set."""
+    return not _offline_setting() and _answers(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
 
 
 @functools.lru_cache(maxsize=4)
-def _connects(url: str) -> bool:
-    endpoint = urlparse(url)
-    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    try:
-        with socket.create_connection((endpoint.hostname or "huggingface.co", port), timeout=HUB_TIMEOUT):
-            return True
-    except OSError:
-        return False
+def _answers(url: str) -> bool:
+    """Whether `url` gives an HTTP answer (any status) within `HUB_TIMEOUT`, through the proxies
+    the environment sets, as the hub clients do. A port that accepts but never answers, a proxy
+    that is down or a name that does not resolve all count as away; the request runs in a thread
+    so that a slow name lookup, which no socket timeout covers, is bounded too."""
+    answered = threading.Event()
+
+    def ask() -> None:
+        try:
+            # build_opener reads the proxy settings now; urlopen keeps those of its first call
+            opener = urllib.request.build_opener()
+            opener.open(urllib.request.Request(url, method="HEAD"), timeout=HUB_TIMEOUT).close()
+            answered.set()
+        except urllib.error.HTTPError:  # an answer, if not a welcome one
+            answered.set()
+        except (OSError, ValueError):
+            pass
+
+    thread = threading.Thread(target=ask, name="captinv-hub-probe", daemon=True)
+    thread.start()
+    thread.join(HUB_TIMEOUT + 0.5)
+    return answered.is_set()
 
 
 def _cached(repo_id: str, filename: str) -> bool:

@@ -202,3 +202,36 @@ def sd3_pipeline(tmp: Path) -> Any:
         text_encoder_3=None,
         tokenizer_3=None,
     )
+
+
+BLIP_WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "cat", "on", "sofa"]
+
+
+def tiny_blip(folder: Path, favourite: str) -> str:
+    """A tiny BLIP saved to `folder` whose language head strongly prefers one token, so decoding is
+    predictable."""
+    from transformers import (
+        BertTokenizerFast,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
+
+    (folder / "vocab.txt").write_text("\n".join(BLIP_WORDS))
+    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+    processor = BlipProcessor(BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer)
+    small = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 2, "num_hidden_layers": 1}
+    config = BlipConfig(
+        text_config=small
+        | {"vocab_size": len(BLIP_WORDS), "bos_token_id": 2, "sep_token_id": 3, "pad_token_id": 0},
+        vision_config=small | {"image_size": 32, "patch_size": 8},
+    )
+    torch.manual_seed(0)
+    model = BlipForConditionalGeneration(config)
+    with torch.no_grad():
+        model.text_decoder.cls.predictions.bias.zero_()
+        model.text_decoder.cls.predictions.bias[BLIP_WORDS.index(favourite)] = 1e4
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return str(folder)

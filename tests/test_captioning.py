@@ -3,11 +3,6 @@
 import pytest
 import torch
 from transformers import (
-    BertTokenizerFast,
-    BlipConfig,
-    BlipForConditionalGeneration,
-    BlipImageProcessor,
-    BlipProcessor,
     ViTConfig,
     ViTForImageClassification,
     ViTImageProcessor,
@@ -16,40 +11,18 @@ from transformers import (
 from captinv.captioning import SIDECAR_MAX_BYTES, BlipCaptioner, ImageClassifier, PlainText, init_source
 from captinv.config import InvertConfig
 from captinv.errors import CaptionError, ModelLoadError, cli_flag
-
-WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "cat", "on", "sofa"]
-
-
-def _blip(tmp_path, favourite: str):
-    """A tiny BLIP whose language head strongly prefers one token, so decoding is predictable."""
-    (tmp_path / "vocab.txt").write_text("\n".join(WORDS))
-    tokenizer = BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
-    processor = BlipProcessor(BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer)
-    small = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 2, "num_hidden_layers": 1}
-    config = BlipConfig(
-        text_config=small
-        | {"vocab_size": len(WORDS), "bos_token_id": 2, "sep_token_id": 3, "pad_token_id": 0},
-        vision_config=small | {"image_size": 32, "patch_size": 8},
-    )
-    torch.manual_seed(0)
-    model = BlipForConditionalGeneration(config)
-    with torch.no_grad():
-        model.text_decoder.cls.predictions.bias.zero_()
-        model.text_decoder.cls.predictions.bias[WORDS.index(favourite)] = 1e4
-    model.save_pretrained(tmp_path)
-    processor.save_pretrained(tmp_path)
-    return str(tmp_path)
+from tests.factories import tiny_blip
 
 
 def test_blip_caption_is_decoded_without_special_tokens(tmp_path, chelsea):
-    path = _blip(tmp_path, "cat")
+    path = tiny_blip(tmp_path, "cat")
     captioner = BlipCaptioner(path, beams=2, max_new_tokens=4)
     assert captioner.describe([chelsea]) == "cat cat cat cat"
 
 
 def test_blip_empty_caption_asks_for_text(tmp_path, chelsea):
     with pytest.raises(CaptionError, match="type the init text"):
-        BlipCaptioner(_blip(tmp_path, "[SEP]"), max_new_tokens=4).describe([chelsea])
+        BlipCaptioner(tiny_blip(tmp_path, "[SEP]"), max_new_tokens=4).describe([chelsea])
 
 
 def test_classifier_uses_the_first_synonym_of_the_top_label(tmp_path, chelsea):

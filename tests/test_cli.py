@@ -216,6 +216,36 @@ def test_a_refused_perfusion_run_creates_no_covariance_folder(square, capfd):
     assert sorted(p.name for p in (square / "perfusion").iterdir()) == ["square.safetensors"]
 
 
+def test_ctrl_c_after_the_covariance_was_cached_names_its_file(square, monkeypatch, capfd):
+    """Before: "nothing was written", although the first run on a model had cached its covariance."""
+    from captinv.trainer import Trainer
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "run", interrupted)
+    assert cli.main(["perfusion", "square.png", *QUICK, "--covariance-prompts", "16"]) == 130
+    message = _lines(capfd.readouterr().err)[-1]
+    (cached,) = (square / "perfusion" / "covariance").iterdir()
+    assert message.startswith("captinv: interrupted; already written in ") and cached.name in message
+    assert sorted(p.name for p in (square / "perfusion").iterdir()) == ["covariance"]
+
+
+def test_captioning_with_a_local_blip_prints_only_the_caption(chelsea, tmp_path):
+    """Before: transformers' "Using a slow image processor" note, and under CI=true (which makes
+    transformers hand its records to the root logger too) every warning twice."""
+    chelsea.save(tmp_path / "kitty.png")
+    (tmp_path / "blip").mkdir()
+    blip = factories.tiny_blip(tmp_path / "blip", "cat")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=ROOT, CI="true")
+    done = subprocess.run(
+        [sys.executable, "-m", "captinv", "caption", "kitty.png", "--captioner", blip, "--caption-max-tokens", "3"],
+        cwd=tmp_path, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["cat", "cat", "cat"] and done.stderr.strip() == ""
+
+
 def _lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.strip() and not re.search(r"\d+%\|", line)]
 

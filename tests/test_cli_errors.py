@@ -103,6 +103,7 @@ CASES = [
     case("name empty", "invert", "square.png", *M, "--name", "", message="--name is empty", api={"name": ""}),
     case("name taken", "invert", "square.png", *M, "--out", "taken", message="An embedding named 'square-all' already exists. Choose another --name, or pass --overwrite", process=True),
     case("name clashes in prompts", "invert", "square.png", *M, "--out", "prefix", "--text", "a green square", message="'square-all' and the existing embedding 'square' would be confused in prompts"),
+    case("name clash found once the caption file is read", "invert", "square.png", *M, "--out", "prefix", message="'square-all' and the existing embedding 'square' would be confused in prompts"),
     case("start from a missing set", "invert", "square.png", *M, "--start-from", "gone-all.safetensors", message="--start-from: gone-all.safetensors not found (give a set's combined file"),
     case("start from a plain embedding", "invert", "square.png", *M, "--start-from", "one.safetensors", message="one.safetensors was not made by a captinv caption inversion"),
     # --- invert: where things come from and go --------------------------------------------------
@@ -125,6 +126,8 @@ CASES = [
     case("no content word for the superclass", "perfusion", "square.png", *M, "--text", "a the", message="no content word to take as the superclass"),
     case("concept name taken", "perfusion", "square.png", *M, "--out", "concepts", message="An embedding named 'square' already exists", process=True),
     case("covariance cache is a file", "perfusion", "square.png", *M, "--covariance-cache", "notes.txt", message="Cannot write to notes.txt: it is a file"),
+    case("covariance captions missing", "perfusion", "square.png", *M, "--covariance-captions", "nothere.txt", message="No caption file or folder at nothere.txt (--covariance-captions)."),
+    case("covariance captions empty", "perfusion", "square.png", *M, "--covariance-captions", "blank.txt", message="blank.txt holds no captions; give --covariance-captions a text file"),
     case("option of caption inversion only", "perfusion", "square.png", *M, "--vectors-per-word", "2", message="unrecognized arguments: --vectors-per-word 2"),
     case("continuing a set in perfusion", "perfusion", "square.png", *M, "--start-from", "one.safetensors", message="unrecognized arguments: --start-from one.safetensors"),
     # --- generate -------------------------------------------------------------------------------
@@ -132,6 +135,8 @@ CASES = [
     case("embedding not safetensors", "generate", "a cat", *M, "--embedding", "garbage.safetensors", message="garbage.safetensors is not a readable safetensors file"),
     case("embedding of foreign keys", "generate", "a cat", *M, "--embedding", "foreign.safetensors", message="foreign.safetensors is not an embedding: found keys"),
     case("embedding pickle with code", "generate", "a cat", *M, "--embedding", "evil.pt", message="evil.pt could not be read safely"),
+    case("embedding that is a text file", "generate", "a cat", *M, "--embedding", "notes.txt", message="notes.txt is not an embedding file; give a .safetensors, .pt or .bin embedding."),
+    case("covariance cache as embedding", "generate", "a cat", *M, "--embedding", "covariance.safetensors", message="covariance.safetensors is Perfusion's cached text-encoding covariance, not an embedding."),
     case("concept given as embedding", "generate", "a cat", *M, "--embedding", "kitty.safetensors", message="kitty.safetensors is a Perfusion concept, not an embedding"),
     case("embedding given as concept", "generate", "a cat", *M, "--concept", "wide.safetensors", message="wide.safetensors is not a captinv Perfusion concept"),
     case("concept missing", "generate", "a cat", *M, "--concept", "nothere.safetensors", message="No such file: nothere.safetensors"),
@@ -152,6 +157,8 @@ CASES = [
     case("inspect pickle with code", "inspect", "evil.pt", message="evil.pt could not be read safely"),
     case("inspect pickle of a tensor", "inspect", "tensor.pt", message="tensor.pt is not an embedding (it holds a Tensor)"),
     case("inspect a folder", "inspect", "folder", message="folder is a folder"),
+    case("inspect an image", "inspect", "square.png", message="square.png is not an embedding file; give a .safetensors, .pt or .bin embedding."),
+    case("inspect the covariance cache", "inspect", "covariance.safetensors", message="covariance.safetensors is Perfusion's cached text-encoding covariance, not an embedding."),
     # --- caption --------------------------------------------------------------------------------
     case("caption init text", "caption", "square.png", "--init", "text", message="argument --init: invalid choice: 'text'"),
     case("caption with --text", "caption", "square.png", "--text", "hi", message="unrecognized arguments: --text hi"),
@@ -228,6 +235,11 @@ def world(tmp_path_factory) -> Path:
     (root / "evil.pt").write_bytes(pickle.dumps({"string_to_param": _Evil()}))
     torch.save(torch.zeros(3), root / "tensor.pt")
     _concept(768).save(root / "kitty.safetensors")
+    save_file(
+        {"covariance": torch.eye(4)},
+        root / "covariance.safetensors",
+        {"format": "captinv.perfusion.covariance"},
+    )
     for folder, name in (("taken", "square-all"), ("concepts", "square"), ("prefix", "square")):
         (root / folder).mkdir()
         save_file({"emb_params": torch.randn(1, 64)}, root / folder / f"{name}.safetensors")

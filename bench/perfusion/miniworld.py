@@ -117,7 +117,9 @@ def train(
 ) -> dict[int, PerfusionConcept]:
     """The concept after `steps` (and at each checkpoint: the schedule is constant, so the state at
     step k is that of a k-step run)."""
-    config = InvertConfig(init="text", text=target.text, steps=steps, batch_size=batch, seed=seed)
+    config = InvertConfig(  # a fixed length: the benchmarks compare states at given steps
+        init="text", text=target.text, steps=steps, auto_stop=False, batch_size=batch, seed=seed
+    )
     plan = plan_concept(backend, target.text, NAME, target.shape)
     latents = build_latent_cache(
         backend,

@@ -27,12 +27,12 @@ from pathlib import Path
 import torch
 
 from captinv import files
+from captinv.embedding_io import PERFUSION_FORMAT as FORMAT
 from captinv.errors import FileFormatError
 from captinv.perfusion.errors import ConceptFileError
 from captinv.perfusion.layers import CANONICAL, CrossAttentionLayer
 from captinv.perfusion.rank1 import gate_direction
 
-FORMAT = "captinv.perfusion"
 VERSION = 1
 _RESERVED = ("format", "version", "name", "superclass", "beta", "tau", "lock", "context_dim", "layer_naming")
 _LOCKS = ("local", "global")

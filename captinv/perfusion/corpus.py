@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from captinv.errors import option
 from captinv.perfusion import vocabulary as v
 from captinv.perfusion.errors import CovarianceError
 
@@ -185,12 +186,12 @@ def read_captions(path: Path) -> list[str]:
     elif path.is_file():
         texts = [" ".join(line.split()) for line in _read(path).splitlines()]
     else:
-        raise CovarianceError(f"No caption file or folder at {path}.")
+        raise CovarianceError(f"No caption file or folder at {path} ({option('covariance_captions')}).")
     captions = [text for text in texts if text]
     if not captions:
         raise CovarianceError(
-            f"{path} holds no captions; give a text file with one caption per line or a folder of .txt "
-            "caption files."
+            f"{path} holds no captions; give {option('covariance_captions')} a text file with one caption "
+            "per line or a folder of .txt caption files."
         )
     return captions
 

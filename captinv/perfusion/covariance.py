@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from captinv import files
+from captinv.embedding_io import COVARIANCE_FORMAT as FORMAT
 from captinv.errors import FileFormatError, Interrupted
 from captinv.perfusion.corpus import Corpus
 from captinv.perfusion.errors import CovarianceError
@@ -55,7 +56,6 @@ that 90 % of probe pairs must stay under; s is compared with β at τ = 0.15. Me
 world, how selective a trained concept's gate is does not change from a few hundred prompts on, where
 this change is still about 0.05 (`python -m bench.perfusion convergence`)."""
 DEFAULT_PADDING_EVERY = 4
-FORMAT = "captinv.perfusion.covariance"
 VERSION = 2
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -251,6 +251,7 @@ class CovarianceCache:
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
+        self.saved: list[Path] = []  # files this cache object wrote
 
     def path(self, cache_id: str) -> Path:
         if not _SAFE_ID.fullmatch(cache_id):
@@ -302,4 +303,6 @@ class CovarianceCache:
             "width": str(covariance.width),
         }
         data = files.safetensors_bytes({"covariance": covariance.matrix}, metadata)
-        return files.write_file(self.path(cache_id), data, overwrite=True)
+        path = files.write_file(self.path(cache_id), data, overwrite=True)
+        self.saved.append(path)
+        return path

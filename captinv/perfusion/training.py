@@ -40,6 +40,7 @@ from captinv.errors import CaptionError
 from captinv.init_vectors import FUNCTION_WORDS, PseudoWord, WordPlan, split_words
 from captinv.perfusion import editing
 from captinv.perfusion.concept import ConceptSize, PerfusionConcept
+from captinv.perfusion.corpus import read_captions
 from captinv.perfusion.covariance import Covariance
 from captinv.perfusion.errors import PerfusionError
 from captinv.perfusion.layers import cross_attention_layers
@@ -307,9 +308,11 @@ def check_concept_inputs(
     text: str, name: str, config: InvertConfig, options: PerfusionOptions, out_dir: Path
 ) -> str:
     """Everything about a Perfusion run that can be checked before a model loads: the superclass,
-    the folder, the name. Returns the superclass."""
+    the folder, the name, the user's covariance captions. Returns the superclass."""
     superclass = _superclass(text, options)
     runs.check_output(out_dir, [name], overwrite=config.overwrite)
+    if options.covariance_captions:
+        read_captions(options.covariance_captions)
     return superclass
 
 

@@ -12,8 +12,8 @@ from captinv.errors import Interrupted, NameTakenError
 from captinv.latents import build_latent_cache
 from captinv.perfusion import editing
 from captinv.perfusion.concept import PerfusionConcept
-from captinv.perfusion.errors import PerfusionError
 from captinv.perfusion.covariance import CovarianceCache
+from captinv.perfusion.errors import PerfusionError
 from captinv.perfusion.layers import cross_attention_layers
 from captinv.perfusion.selectivity import GateSelectivity
 from captinv.perfusion.textpath import TextFingerprint, fingerprint, text_covariance

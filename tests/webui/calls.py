@@ -9,6 +9,10 @@ from PIL import Image
 
 from tests.webui.photo import chelsea_b64
 
+# A learning rate whose one AdamW step (about the rate itself per component) moves no float32 row:
+# 1e-12 still moved the few components under ~2e-5 in size by an ulp, and one SDXL pixel with them.
+UNMOVED = 1e-30
+
 # sampler and scheduler both named: the WebUI logs no "autocorrection"
 TXT2IMG = {
     "steps": 2,

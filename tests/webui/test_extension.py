@@ -9,7 +9,7 @@ import time
 
 from safetensors import safe_open
 
-from tests.webui.calls import invert, perfusion, run_folder, txt2img, txt2img_info
+from tests.webui.calls import UNMOVED, invert, perfusion, run_folder, txt2img, txt2img_info
 from tests.webui.photo import chelsea_b64
 
 
@@ -26,7 +26,7 @@ def test_inverted_names_are_loaded_and_change_txt2img(server):
     before = (txt2img(server, combined_prompt), txt2img(server, word_prompt))
     # Untrained, each name is exactly the rows of its caption words: the same images as the words.
     untrained = (txt2img(server, "a photo of a tabby cat"), txt2img(server, "a photo of tabby sitting"))
-    status, still = invert(server, "still", learning_rate=1e-12)  # a step too small to move float32 rows
+    status, still = invert(server, "still", learning_rate=UNMOVED)
     assert status == 200, still
     assert txt2img(server, "a photo of still-all") == untrained[0]
 
@@ -135,7 +135,7 @@ def test_continue_from_this_embedding_starts_from_the_stored_vectors(server):
         status == 200 and stored["caption"] == "a tabby cat" and stored["options"]["learning_rate"] == "0.05"
     )
     status, body = invert(
-        server, "round-two", caption=None, continue_from="round-one-all", learning_rate=1e-12
+        server, "round-two", caption=None, continue_from="round-one-all", learning_rate=UNMOVED
     )
     assert status == 200, body
     assert body["caption"] == "a tabby cat"
@@ -145,7 +145,7 @@ def test_continue_from_this_embedding_starts_from_the_stored_vectors(server):
         assert _vectors(new).keys() == _vectors(old).keys()
         for key, value in _vectors(old).items():
             assert (_vectors(new)[key] - value).abs().max() < 1e-6, new.name
-    untrained = invert(server, "round-zero", learning_rate=1e-12)[0] == 200
+    untrained = invert(server, "round-zero", learning_rate=UNMOVED)[0] == 200
     assert untrained
     zero = _vectors(run_folder(server, "round-zero") / "round-zero-all.safetensors")
     one = _vectors(first / "round-one-all.safetensors")

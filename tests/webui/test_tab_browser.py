@@ -41,8 +41,12 @@ def _tab(page, name: str):
 
 
 def _open_the_tab(page, server) -> None:
+    """Load the page and open the tab, waiting (as long as the page load may take on a busy CPU) until
+    the photo drop is there: the WebUI builds its page after the load event, and a whole-tier run
+    once found no drop input within Playwright's default 30 s."""
     page.goto(server.url, timeout=120_000)
-    _tab(page, "Invert from Caption").first.click()
+    _tab(page, "Invert from Caption").first.click(timeout=120_000)
+    page.locator("#captinv_images input[type=file]").wait_for(state="attached", timeout=120_000)
 
 
 def _drop(page, *photos) -> None:
