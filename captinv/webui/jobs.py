@@ -27,7 +27,7 @@ from captinv.hosts.base import Host
 from captinv.images import ImageSource, load_images
 from captinv.inversion import InvertResult, invert
 from captinv.perfusion.covariance import Covariance, CovarianceCache, CovarianceProgress
-from captinv.perfusion.training import PerfusionResult, text_covariance, train_concept
+from captinv.perfusion.training import PerfusionResult, check_concept_inputs, text_covariance, train_concept
 from captinv.trainer import Callbacks, Progress
 from captinv.webui.cards import Card, inversion_cards, training_note, write_cards
 from captinv.webui.options import WebUIOptions
@@ -249,6 +249,7 @@ def run_perfusion(
         )
     photos, config = _prepare(host, sources, text, source, values)
     base = _base(name, sources)
+    check_concept_inputs(config.text, base, config, options, host.concepts_dir)
 
     def covariance_progress(progress: CovarianceProgress) -> None:
         _phase(

@@ -157,6 +157,18 @@ def test_train_a_perfusion_concept_in_the_tab_and_send_its_prompt(server, page, 
     assert (server.data / "models" / "perfusion" / "tiger.safetensors").is_file()
 
 
+def test_a_missing_covariance_caption_file_is_one_message_in_the_tabs_words(server, page, tmp_path):
+    photo = tmp_path / "Lion.png"
+    chelsea().save(photo)
+    _fill_the_tab(page, server, photo)
+    page.get_by_label("Perfusion concept (K/V edit)").check()
+    page.fill("#captinv_covariance_captions textarea", str(tmp_path / "nothere.txt"))  # no such file
+    message = _run_for_message(page)
+    missing = tmp_path / "nothere.txt"
+    assert f"No caption file or folder at {missing} (Covariance captions)." in message, message
+    assert not (server.data / "models" / "perfusion" / "lion.safetensors").exists()
+
+
 def test_a_perfusion_card_in_extra_networks_adds_its_tag_and_word(server, page, tmp_path):
     body = {"image": chelsea_b64(), "caption": "a cat", "name": "stripes", "steps": 3, "resolution": 64}
     status, answer = server.call("/captinv/v1/perfusion", body | {"covariance_prompts": 32})
