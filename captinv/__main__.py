@@ -328,7 +328,7 @@ def _preview(args: argparse.Namespace, written: _Written, name: str, render: Cal
     render().save(buffer, format="PNG")
     path = files.write_file(args.out / f"{name}.preview.png", buffer.getvalue(), overwrite=True)
     written.paths.append(path)
-    print(path)
+    print(path.resolve())  # as the embeddings' paths are printed
 
 
 def _invert(args: argparse.Namespace, written: _Written) -> None:
