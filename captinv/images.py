@@ -7,6 +7,7 @@ sideways cat teaches a sideways cat, so every image is transposed first.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,9 +53,12 @@ def load_image(source: ImageSource) -> Image.Image:
             if image.width * image.height > MAX_PIXELS:
                 raise ImageError(f"{label} is {image.width}x{image.height}; {too_large}")
             image.load()
-    except Image.DecompressionBombError as err:
-        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6
-        raise ImageError(f"{label} has over {limit:.0f} megapixels; {too_large}") from err
+    except Image.DecompressionBombError as err:  # Pillow refuses before the size is ours to read
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        size = (
+            f"{int(found[1]) / 1e6:.0f}" if found else f"over {2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f}"
+        )
+        raise ImageError(f"{label} has {size} megapixels; {too_large}") from err
     except UnidentifiedImageError as err:
         raise ImageError(f"{label} is not an image file. Use a PNG, JPEG or WebP file.") from err
     except (OSError, TypeError, ValueError) as err:

@@ -66,7 +66,7 @@ CASES = [
     case("not an image", "invert", "broken.png", *M, message="broken.png is not an image file. Use a PNG, JPEG or WebP file.", api={"image": "broken.png"}, api_message="The image is not an image file"),
     case("truncated image", "invert", "truncated.jpg", *M, message="Could not read truncated.jpg ("),
     case("image too small", "invert", "tiny.png", *M, message="tiny.png is 32x32; it needs at least 64 px per side", api={"image": "tiny.png"}, api_message="The image is 32x32; it needs at least 64 px per side"),
-    case("image too large", "invert", "huge.png", *M, message="huge.png has over 179 megapixels; captinv reads images up to 150 megapixels", process=True),
+    case("image too large", "invert", "huge.png", *M, message="huge.png has 400 megapixels; captinv reads images up to 150 megapixels", process=True),
     case("image is a folder", "invert", "folder", *M, message="folder is a folder; give image files"),
     case("file name without letters", "invert", "___.png", *M, message="'___' has no letters or digits"),
     # --- invert: options ------------------------------------------------------------------------
