@@ -98,16 +98,29 @@ def _add_option(
     action.help = text  # set after construction: Python 3.10's BooleanOptionalAction appends the default too
 
 
+# Caption-inversion options whose help says something else for a Perfusion concept.
+_PERFUSION_HELP = {
+    "text": "Init text: the sentence the concept word is trained in, with the superclass word replaced by the "
+    "concept's name; with caption/classify it replaces the generated text.",
+    "name": "Name of the concept: its file, its tag and the word prompts use (default: the first image's "
+    "file name).",
+    "steps": "Optimisation steps; with auto-stop the most it may take. A concept needs a few hundred: its "
+    "running i* forgets the superclass slowly.",
+}
+
+
 def _add_options(
     parser: argparse.ArgumentParser,
     options: type,
     skip: tuple[str, ...] = (),
     defaults: dict[str, Any] | None = None,
+    helps: dict[str, str] | None = None,
 ) -> None:
-    """A flag per option field, with `defaults` replacing the fields' own (Perfusion's)."""
+    """A flag per option field, with `defaults` and `helps` replacing the fields' own (Perfusion's)."""
     for spec in dataclasses.fields(options):
         if spec.name not in skip:
             change = {"default": defaults[spec.name]} if defaults and spec.name in defaults else {}
+            change |= {"help": helps[spec.name]} if helps and spec.name in helps else {}
             _add_option(parser, spec, options, **change)
 
 
@@ -173,7 +186,9 @@ def _parser() -> argparse.ArgumentParser:
         default=Path("perfusion") / "covariance",
         help="Folder of cached text-encoding covariances (default: ./%(default)s).",
     )
-    _add_options(perfusion, InvertConfig, skip=INVERSION_ONLY, defaults=PERFUSION_DEFAULTS)
+    _add_options(
+        perfusion, InvertConfig, skip=INVERSION_ONLY, defaults=PERFUSION_DEFAULTS, helps=_PERFUSION_HELP
+    )
     _add_options(perfusion, PerfusionOptions)
 
     generate = commands.add_parser("generate", help="Render a prompt with embeddings and Perfusion concepts.")

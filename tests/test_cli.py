@@ -136,6 +136,14 @@ def test_help_prints_each_default_once_and_percent_signs_as_written(command, cap
         assert "less memory, ~30% slower" in text and "(default: 0.005)" in text
 
 
+def test_perfusion_help_speaks_of_the_concept_not_of_embeddings(capsys):
+    """Before: `perfusion --help` said "Base name of the new embeddings" and offered '*' for classic
+    textual inversion."""
+    text = " ".join(_help("perfusion", capsys).split())
+    assert "Name of the concept: its file, its tag and the word prompts use" in text
+    assert "new embeddings" not in text and "classic textual inversion" not in text
+
+
 def test_max_grad_norm_none_turns_clipping_off():
     args = cli._parser().parse_args(["invert", "x.png", "--model", "m", "--max-grad-norm", "none"])
     assert cli._options(args).max_grad_norm is None
