@@ -3,7 +3,7 @@
     python -m bench.perfusion gate [--steps 300] [--batch 4] [--targets 2]   # covariances compared
     python -m bench.perfusion steps [--batches 4 8] [--targets 2]             # steps x draws -> defaults
     python -m bench.perfusion convergence                                      # prompts C needs
-    python -m bench.perfusion covariance [--threads 2]                         # old path vs new, CLIP-L size
+    python -m bench.perfusion [--threads 2] covariance                         # old path vs new, CLIP-L size
     ... [--json out.json]
 
 gate/steps/convergence run on the packaged mini world (`bench.perfusion.miniworld`); covariance on
