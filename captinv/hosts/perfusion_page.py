@@ -8,7 +8,9 @@ they are keyed to, so the card alone makes a working prompt. A second click remo
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from modules import shared, ui_extra_networks
@@ -57,6 +59,7 @@ class PerfusionPage(ui_extra_networks.ExtraNetworksPage):
         return {
             "name": concept.name,
             "filename": str(path),
+            "shorthash": _short_hash(path),  # the Tree view (reForge's default style) reads it
             "preview": self.find_preview(stem),
             "description": self.find_description(stem)
             or f"Perfusion concept, keys locked to '{concept.superclass}'",
@@ -68,6 +71,15 @@ class PerfusionPage(ui_extra_networks.ExtraNetworksPage):
 
     def allowed_directories_for_previews(self) -> list[str]:
         return [str(self.network.host.concepts_dir)]
+
+
+def _short_hash(path: Path) -> str:
+    """The first ten hex digits of the file's sha256, as the WebUI shows for Loras and
+    checkpoints (a concept file is small enough to hash at each listing)."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:10]
+    except OSError:  # gone since it was listed: the card shows no hash
+        return ""
 
 
 def _context_dim(unet: nn.Module | None) -> int | None:
