@@ -173,9 +173,8 @@ def concept_position(backend: ModelBackend, prompt: str, name: str, rows: dict[s
     so a shift of every component by the same amount never reaches the output (A1111's SD2 path
     showed no change at all)."""
     moved = {key: value + probe_nudge(value) for key, value in rows.items()}
-    with torch.no_grad():
-        first = backend.context(backend.conditioning([prompt], {name: rows}))[0].float()
-        second = backend.context(backend.conditioning([prompt], {name: moved}))[0].float()
+    first = backend.context(backend.conditioning([prompt], {name: rows}))[0].float()
+    second = backend.context(backend.conditioning([prompt], {name: moved}))[0].float()
     if not (first.isfinite().all() and second.isfinite().all()):
         # NaN compares unequal to nothing, so the search below would blame the concept instead.
         raise PerfusionError(
