@@ -26,6 +26,7 @@ from captinv.backends.base import (
     frozen_parameters,
 )
 from captinv.errors import UnsupportedModelError
+from captinv.hosts import live_embeddings
 from captinv.hosts.forge import text
 from captinv.hosts.forge.model_state import Residency, clip_skip_layers
 
@@ -134,9 +135,11 @@ class ForgeBackend(ModelBackend):
 
     def conditioning(self, prompts: list[str], embeddings: Mapping[str, Vectors]) -> Conditioning:
         self.residency.ensure()
-        for name, vectors in embeddings.items():
-            self._register(name, vectors)
-        return text.conditioning(self.model, prompts, self._resolution)
+        return live_embeddings.encode_registered(
+            lambda: self._register_all(embeddings),
+            lambda: text.conditioning(self.model, prompts, self._resolution),
+            lambda: all(self._holds(name) for name in embeddings),
+        )
 
     def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         self.residency.ensure()
@@ -187,18 +190,22 @@ class ForgeBackend(ModelBackend):
 
     # -- helpers -------------------------------------------------------------------
 
-    def _register(self, name: str, vectors: Vectors) -> None:
-        """Splice `vectors` for `name` in every engine; registered again whenever an engine's
-        database no longer holds this run's embedding (a model reload rebuilds them)."""
+    def _register_all(self, embeddings: Mapping[str, Vectors]) -> None:
+        """Splice each name's vectors in every engine; a name is registered again whenever an
+        engine's database no longer holds this run's embedding (Extra Networks' Refresh reloads
+        them mid-run, see `live_embeddings`)."""
+        for name, vectors in embeddings.items():
+            if self._holds(name):
+                self._registered[name].vec = text.embedding_vec(vectors)
+            else:
+                self._registered[name] = text.make_embedding(name, vectors)
+                text.register(self.model, self._registered[name])
+
+    def _holds(self, name: str) -> bool:
         embedding = self._registered.get(name)
-        fresh = embedding is None or any(
-            engine.embeddings.word_embeddings.get(name) is not embedding for _key, engine in self.engines
+        return embedding is not None and all(
+            live_embeddings.holds(engine.embeddings, name, embedding) for _key, engine in self.engines
         )
-        if fresh:
-            embedding = self._registered[name] = text.make_embedding(name, vectors)
-            text.register(self.model, embedding)
-        else:
-            embedding.vec = text.embedding_vec(vectors)
 
     def _unregister_all(self) -> None:
         for name in self._registered:
