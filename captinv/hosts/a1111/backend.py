@@ -26,7 +26,6 @@ from captinv.backends.base import (
     frozen_parameters,
 )
 from captinv.errors import UnsupportedModelError
-from captinv.hosts import live_embeddings
 
 
 def check_supported() -> None:
@@ -193,13 +192,8 @@ class A1111Backend(ModelBackend):
             )
 
     def conditioning(self, prompts: list[str], embeddings: Mapping[str, Vectors]) -> Conditioning:
-        return live_embeddings.encode_registered(
-            lambda: self._register_all(embeddings),
-            lambda: self._encode_text(prompts),
-            lambda: all(self._holds(name) for name in embeddings),
-        )
-
-    def _encode_text(self, prompts: list[str]) -> Conditioning:
+        for name, vectors in embeddings.items():
+            self._register(name, vectors)
         with devices.autocast():
             if self.model.is_sdxl:
                 batch = prompt_parser.SdConditioning(prompts, width=self._resolution, height=self._resolution)
@@ -255,19 +249,15 @@ class A1111Backend(ModelBackend):
 
     # -- helpers -------------------------------------------------------------------
 
-    def _register_all(self, embeddings: Mapping[str, Vectors]) -> None:
-        """Splice each name's vectors; a name is registered again whenever the database no longer
-        holds this run's embedding (Extra Networks' Refresh reloads it from disk mid-run, see
-        `live_embeddings`)."""
-        for name, vectors in embeddings.items():
-            if self._holds(name):
-                self._registered[name].vec = _webui_vec(vectors)
-            else:
-                self._registered[name] = register_embedding(name, vectors)
-
-    def _holds(self, name: str) -> bool:
+    def _register(self, name: str, vectors: Vectors) -> None:
+        """Splice `vectors` for `name`. Registered again whenever the database no longer holds
+        this run's embedding: Extra Networks' Refresh reloads it from disk mid-run (that button
+        is not behind the queue), which would otherwise leave the run without gradients."""
         embedding = self._registered.get(name)
-        return embedding is not None and live_embeddings.holds(self.db, name, embedding)
+        if embedding is None or self.db.word_embeddings.get(name) is not embedding:
+            self._registered[name] = register_embedding(name, vectors)
+        else:
+            embedding.vec = _webui_vec(vectors)
 
     def _unregister_all(self) -> None:
         for name in self._registered:

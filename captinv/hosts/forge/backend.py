@@ -26,7 +26,6 @@ from captinv.backends.base import (
     frozen_parameters,
 )
 from captinv.errors import UnsupportedModelError
-from captinv.hosts import live_embeddings
 from captinv.hosts.forge import text
 from captinv.hosts.forge.model_state import Residency, clip_skip_layers
 
@@ -135,11 +134,9 @@ class ForgeBackend(ModelBackend):
 
     def conditioning(self, prompts: list[str], embeddings: Mapping[str, Vectors]) -> Conditioning:
         self.residency.ensure()
-        return live_embeddings.encode_registered(
-            lambda: self._register_all(embeddings),
-            lambda: text.conditioning(self.model, prompts, self._resolution),
-            lambda: all(self._holds(name) for name in embeddings),
-        )
+        for name, vectors in embeddings.items():
+            self._register(name, vectors)
+        return text.conditioning(self.model, prompts, self._resolution)
 
     def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         self.residency.ensure()
@@ -190,22 +187,18 @@ class ForgeBackend(ModelBackend):
 
     # -- helpers -------------------------------------------------------------------
 
-    def _register_all(self, embeddings: Mapping[str, Vectors]) -> None:
-        """Splice each name's vectors in every engine; a name is registered again whenever an
-        engine's database no longer holds this run's embedding (Extra Networks' Refresh reloads
-        them mid-run, see `live_embeddings`)."""
-        for name, vectors in embeddings.items():
-            if self._holds(name):
-                self._registered[name].vec = text.embedding_vec(vectors)
-            else:
-                self._registered[name] = text.make_embedding(name, vectors)
-                text.register(self.model, self._registered[name])
-
-    def _holds(self, name: str) -> bool:
+    def _register(self, name: str, vectors: Vectors) -> None:
+        """Splice `vectors` for `name` in every engine; registered again whenever an engine's
+        database no longer holds this run's embedding (a model reload rebuilds them)."""
         embedding = self._registered.get(name)
-        return embedding is not None and all(
-            live_embeddings.holds(engine.embeddings, name, embedding) for _key, engine in self.engines
+        fresh = embedding is None or any(
+            engine.embeddings.word_embeddings.get(name) is not embedding for _key, engine in self.engines
         )
+        if fresh:
+            embedding = self._registered[name] = text.make_embedding(name, vectors)
+            text.register(self.model, embedding)
+        else:
+            embedding.vec = text.embedding_vec(vectors)
 
     def _unregister_all(self) -> None:
         for name in self._registered:
